@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make reproduce   set up, then run the main job on the embedded synthetic data
+#   make test        set up, then run the tests (unit tests and the notebooks)
+# `make lab` opens JupyterLab on the notebooks.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup reproduce test lab clean
+
+setup: $(STAMP)
+
+# The install is redone only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/python benchmarks/encoding.py
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) build
