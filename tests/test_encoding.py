@@ -115,3 +115,28 @@ def test_context_encoding_shapes_gamma_and_residual_form():
     y.sum().backward()
     assert module.encoding.codewords.grad.abs().sum() > 0 and module.encoding.smoothing.grad.abs().sum() > 0
     assert ContextEncoding(8, num_codes=4)(x)[1] is None
+
+
+def test_never_materialises_the_residual_tensor():
+    """No tensor of B x N x K x C elements appears in the forward or backward pass."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    LargestOutput.largest = max(LargestOutput.largest, t.numel())
+            return out
+
+    B, C, N, K = 2, 16, 64, 8
+    layer = Encoding(C, K)
+    x = torch.randn(B, C, N, requires_grad=True)
+    with LargestOutput():
+        layer(x).sum().backward()
+    assert 0 < LargestOutput.largest <= 2 * B * C * N < B * N * K * C
+    with LargestOutput():
+        encoding_direct(x, layer.codewords, layer.smoothing).sum().backward()
+    assert LargestOutput.largest == B * N * K * C  # the check would catch it
