@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# All numbered notebooks, full settings, into build/ (executed .ipynb and .html).
 reproduce: $(STAMP)
-	$(BIN)/python benchmarks/encoding.py
+	$(BIN)/python notebooks/reproduce.py
 
+# Unit tests, then the notebooks under the quick switch, checked by nbval.
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+	ENCNET_QUICK=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -16,19 +16,19 @@ only the ratios of one run are meaningful):
 
 Extra peak memory is what one forward + backward adds on top of its inputs:
 on CPU the growth of the process's peak resident memory (Linux VmHWM),
-measured in a fresh subprocess per method; on CUDA ``torch.cuda.max_memory_allocated``.
+measured in a fresh subprocess per method by ``encnet.memory``; on CUDA
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
+from encnet.memory import extra_peak_bytes
 from encnet.nn import encoding, encoding_direct
 
 
@@ -90,35 +90,15 @@ def time_methods(args, device):
     return {m: statistics.median(t) for m, t in times.items()}
 
 
-def peak_memory_of(method, args, device):
-    """Extra peak bytes of one forward + backward, in this process (fresh on CPU)."""
-    if device.type == "cuda":
-        inputs = make_inputs(args, device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(method, *inputs)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    small = argparse.Namespace(**{**vars(args), "size": 4})
-    step(method, *make_inputs(small, device))  # load kernels and thread pools first
+def cuda_peak_memory_of(method, args, device):
+    """Extra peak bytes of one forward + backward on a GPU (allocator statistics)."""
     inputs = make_inputs(args, device)
-    base = peak_resident_bytes()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
     step(method, *inputs)
-    return peak_resident_bytes() - base
-
-
-def peak_resident_bytes():
-    """This process's peak resident memory (VmHWM; unlike ru_maxrss it starts afresh at exec)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
-def memory_in_subprocess(method, args):
-    cmd = [sys.executable, __file__, "--memory-of", method, "--batch", str(args.batch), "--channels",
-           str(args.channels), "--size", str(args.size), "--codes", str(args.codes), "--threads", str(args.threads)]
-    return int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def main() -> None:
@@ -131,28 +111,26 @@ def main() -> None:
     parser.add_argument("--direct-repeats", type=int, default=3, help="rounds that also time the slow direct formula")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-
-    if args.memory_of:
-        print(peak_memory_of(args.memory_of, args, device))
-        return
 
     N = args.size * args.size
     print(f"Encoding Layer, forward + backward: B={args.batch}, C={args.channels}, "
           f"N={args.size}x{args.size}={N}, K={args.codes}, float32, {device}"
           + (f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name()})"))
     times = time_methods(args, device)
+    shape = (args.batch, args.channels, N, args.codes)
     if device.type == "cpu":
-        memory = {m: memory_in_subprocess(m, args) for m in times}
+        memory = {m: extra_peak_bytes(name, *shape, threads=args.threads)
+                  for m, name in [("encoding", "encoding"), ("direct", "encoding_direct")]}
     else:
-        memory = {m: peak_memory_of(m, args, device) for m in times}
+        memory = {m: cuda_peak_memory_of(m, args, device) for m in ("encoding", "direct")}
 
     print(f"{'method':<14}{'time (ms)':>11}{'extra peak memory (MiB)':>26}")
     for m in times:
-        print(f"{m:<14}{times[m] * 1e3:>11.1f}{memory[m] / 2**20:>26.1f}")
+        mib = f"{memory[m] / 2**20:.1f}" if m in memory else "-"
+        print(f"{m:<14}{times[m] * 1e3:>11.1f}{mib:>26}")
     print(f"direct / encoding time:          {times['direct'] / times['encoding']:6.1f}x  (target >= 20x)")
     print(f"direct / encoding extra memory:  {memory['direct'] / max(memory['encoding'], 1):6.1f}x  (target >= 10x)")
     print(f"encoding / matmul floor time:    {times['encoding'] / times['matmul floor']:6.2f}x  (target <= 2x)")

@@ -140,3 +140,17 @@ def test_never_materialises_the_residual_tensor():
     with LargestOutput():
         encoding_direct(x, layer.codewords, layer.smoothing).sum().backward()
     assert LargestOutput.largest == B * N * K * C  # the check would catch it
+
+
+def test_measured_extra_peak_memory_of_both_forms():
+    """In fresh processes: the direct formula's residuals show up in the peak, the layer's do not."""
+    from encnet.memory import extra_peak_bytes, probe_result, start_probe
+
+    B, C, N, K = 2, 32, 4096, 64
+    residuals = B * N * K * C * 4  # bytes of one float32 (B, N, K, C) tensor: 64 MiB
+    probes = [start_probe(method, B, C, N, K) for method in ("encoding", "encoding_direct")]
+    efficient, direct = map(probe_result, probes)
+    assert direct >= residuals
+    assert efficient < residuals / 2
+    with pytest.raises(ValueError, match="expected one of"):
+        extra_peak_bytes("vlad", B, C, N, K)

@@ -1,0 +1,353 @@
+r"""Segmentation networks: the dilated FCN baseline and EncNet (Zhang et al., CVPR 2018).
+
+Both read the stages of a dilated ResNet (:mod:`encnet.models.backbones`, all at
+1/8 of the input size) and return a dict of logits upsampled bilinearly to the
+input size::
+
+    FCN:    c4 -> FCNHead                                            -> "out"
+    EncNet: c4 -> 3x3 conv + BN + ReLU [-> fuse with c2, c3 (lateral)]
+               -> ContextEncoding -> Y = relu(X + X * gamma) -> Dropout -> 1x1 conv -> "out"
+                                  \-> se_logits                                     -> "se"
+    both:   c3 -> FCNHead (auxiliary, trained with a smaller loss weight)          -> "aux"
+
+EncNet is the FCN plus the Context Encoding Module
+(:class:`encnet.nn.ContextEncoding`) and the SE-loss branch, at a small extra
+cost: one 1x1 conv, the Encoding Layer and two fully connected layers on a
+``C``-vector. On ResNet-50 with 150 classes that is +1.7% parameters and
++0.8% FLOPs per training step at 256x256 (``benchmarks/models.py``). The head width is a quarter of its input (2048 -> 512 on
+ResNets, 512 -> 128 on the small backbone).
+
+``model.backbone`` is the part that can start from ImageNet weights; everything
+else is the head, trained at 10x the backbone's learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import ContextEncoding
+from .backbones import STAGE_CHANNELS, NormLayer, WeightsBackbone, dilated_resnet
+
+
+def _conv_norm_relu(
+    in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer
+) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        norm_layer(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _upsample(logits: Tensor, size: torch.Size) -> Tensor:
+    """Bilinear upsampling of (B, classes, h, w) logits to (B, classes, *size)."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class FCNHead(nn.Sequential):
+    """FCN head: (B, C, h, w) -> (B, num_classes, h, w).
+
+    3x3 conv C -> C/4 + BN + ReLU + Dropout(0.1) + 1x1 conv C/4 -> num_classes.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        channels = in_channels // 4
+        super().__init__(
+            _conv_norm_relu(in_channels, channels, 3, norm_layer),
+            nn.Dropout(0.1),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class EncHead(nn.Module):
+    """EncNet head: stages {"c2", "c3", "c4"} -> (logits (B, classes, h, w), se_logits (B, classes) or None).
+
+    3x3 conv C4 -> C4/4 + BN + ReLU; with ``lateral``, 1x1 convs bring c2 and c3
+    to C4/4 channels each, and a 3x3 conv fuses the three (3 C4/4 -> C4/4).
+    Then the Context Encoding Module (``self.encoding``) rescales the channels,
+    ``Y = relu(X + X * gamma)``, and Dropout(0.1) + a 1x1 conv classify each pixel.
+    """
+
+    def __init__(
+        self,
+        channels: dict[str, int],
+        num_classes: int,
+        *,
+        num_codes: int = 32,
+        se_loss: bool = True,
+        lateral: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        width = channels["c4"] // 4
+        self.conv = _conv_norm_relu(channels["c4"], width, 3, norm_layer)
+        self.lateral = (
+            nn.ModuleDict(
+                {stage: _conv_norm_relu(channels[stage], width, 1, norm_layer) for stage in ("c2", "c3")}
+            )
+            if lateral
+            else None
+        )
+        self.fusion = _conv_norm_relu(3 * width, width, 3, norm_layer) if lateral else None
+        self.encoding = ContextEncoding(
+            width, num_codes, num_classes if se_loss else None, norm_layer=norm_layer
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        x = self.conv(features["c4"])  # (B, C, h, w)
+        if self.lateral is not None:
+            laterals = [conv(features[stage]) for stage, conv in self.lateral.items()]
+            x = self.fusion(torch.cat([x, *laterals], dim=1))  # (B, 3C, h, w) -> (B, C, h, w)
+        y, se_logits = self.encoding(x)  # (B, C, h, w), (B, classes) or None
+        return self.classifier(y), se_logits
+
+
+class FCN(nn.Module):
+    """Dilated FCN: image (B, 3, H, W) -> {"out", "aux"?} logits (B, classes, H, W)."""
+
+    def __init__(self, backbone: nn.Module, head: FCNHead, aux_head: FCNHead | None) -> None:
+        super().__init__()
+        self.backbone, self.head, self.aux_head = backbone, head, aux_head
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
+        outputs = {"out": _upsample(self.head(features["c4"]), x.shape[-2:])}
+        if self.aux_head is not None:
+            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:])
+        return outputs
+
+
+class EncNet(nn.Module):
+    """EncNet: image (B, 3, H, W) -> {"out", "aux"?: (B, classes, H, W), "se"?: (B, classes)}.
+
+    The Context Encoding Module is ``self.head.encoding``; its last attention
+    ``gamma`` (B, C) is ``self.head.encoding.gamma``.
+    """
+
+    def __init__(self, backbone: nn.Module, head: EncHead, aux_head: FCNHead | None) -> None:
+        super().__init__()
+        self.backbone, self.head, self.aux_head = backbone, head, aux_head
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
+        logits, se_logits = self.head(features)
+        outputs = {"out": _upsample(logits, x.shape[-2:])}
+        if self.aux_head is not None:
+            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:])
+        if se_logits is not None:
+            outputs["se"] = se_logits
+        return outputs
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"num_classes must be a positive int, got {num_classes!r}; "
+            "use the dataset's num_classes (e.g. 150 for ADE20K, 59 for PASCAL-Context)"
+        )
+
+
+def _fcn(
+    backbone: str, *, num_classes: int, weights_backbone: WeightsBackbone, aux: bool, norm_layer: NormLayer
+) -> FCN:
+    _check_num_classes(num_classes)
+    channels = STAGE_CHANNELS[backbone]
+    return FCN(
+        dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
+        FCNHead(channels["c4"], num_classes, norm_layer=norm_layer),
+        FCNHead(channels["c3"], num_classes, norm_layer=norm_layer) if aux else None,
+    )
+
+
+def _encnet(
+    backbone: str,
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone,
+    aux: bool,
+    se_loss: bool,
+    lateral: bool,
+    num_codes: int,
+    norm_layer: NormLayer,
+) -> EncNet:
+    _check_num_classes(num_classes)
+    channels = STAGE_CHANNELS[backbone]
+    head = EncHead(
+        channels, num_classes, num_codes=num_codes, se_loss=se_loss, lateral=lateral, norm_layer=norm_layer
+    )
+    return EncNet(
+        dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
+        head,
+        FCNHead(channels["c3"], num_classes, norm_layer=norm_layer) if aux else None,
+    )
+
+
+def fcn_resnet50(
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> FCN:
+    """Dilated FCN on ResNet-50 (output stride 8), the paper's baseline.
+
+    Args:
+        num_classes: classes per pixel.
+        weights_backbone: None, ImageNet weights of ResNet-50 (enum or name, e.g.
+            ``"IMAGENET1K_V1"``) or the path of a local ``.pth`` state dict.
+        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``).
+        norm_layer: every BatchNorm2d of the model (``encnet.nn.SyncBatchNorm`` for multi-GPU).
+    """
+    return _fcn(
+        "resnet50", num_classes=num_classes, weights_backbone=weights_backbone, aux=aux, norm_layer=norm_layer
+    )
+
+
+def fcn_resnet101(
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> FCN:
+    """Dilated FCN on ResNet-101 (output stride 8). Arguments as :func:`fcn_resnet50`."""
+    return _fcn(
+        "resnet101",
+        num_classes=num_classes,
+        weights_backbone=weights_backbone,
+        aux=aux,
+        norm_layer=norm_layer,
+    )
+
+
+def fcn_small(
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> FCN:
+    """Dilated FCN on the small CPU backbone (1.3M parameters in all for 17 to 150 classes).
+
+    The receptive field of an output pixel is 91 px: 75 px of the backbone plus
+    the head's 3x3 conv at stride 8.
+
+    Arguments as :func:`fcn_resnet50`; there are no ImageNet weights for this
+    backbone, only a local state dict.
+    """
+    return _fcn(
+        "small", num_classes=num_classes, weights_backbone=weights_backbone, aux=aux, norm_layer=norm_layer
+    )
+
+
+def encnet_resnet50(
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    se_loss: bool = True,
+    lateral: bool = False,
+    num_codes: int = 32,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> EncNet:
+    """EncNet on a dilated ResNet-50 (output stride 8).
+
+    Args:
+        num_classes: classes per pixel (and of the SE branch).
+        weights_backbone: None, ImageNet weights of ResNet-50 (enum or name, e.g.
+            ``"IMAGENET1K_V1"``) or the path of a local ``.pth`` state dict.
+        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``).
+        se_loss: add the SE branch (output ``"se"``, one logit per class).
+        lateral: fuse stages 2 and 3 into the head (used on PASCAL datasets).
+        num_codes: codewords ``K`` of the Encoding Layer.
+        norm_layer: every BatchNorm2d of the model (``encnet.nn.SyncBatchNorm`` for
+            multi-GPU); the BatchNorm1d over the codes is converted by
+            ``encnet.nn.convert_sync_batchnorm``.
+    """
+    return _encnet(
+        "resnet50",
+        num_classes=num_classes,
+        weights_backbone=weights_backbone,
+        aux=aux,
+        se_loss=se_loss,
+        lateral=lateral,
+        num_codes=num_codes,
+        norm_layer=norm_layer,
+    )
+
+
+def encnet_resnet101(
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    se_loss: bool = True,
+    lateral: bool = False,
+    num_codes: int = 32,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> EncNet:
+    """EncNet on a dilated ResNet-101 (output stride 8). Arguments as :func:`encnet_resnet50`."""
+    return _encnet(
+        "resnet101",
+        num_classes=num_classes,
+        weights_backbone=weights_backbone,
+        aux=aux,
+        se_loss=se_loss,
+        lateral=lateral,
+        num_codes=num_codes,
+        norm_layer=norm_layer,
+    )
+
+
+def encnet_small(
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    se_loss: bool = True,
+    lateral: bool = False,
+    num_codes: int = 32,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+) -> EncNet:
+    """EncNet on the small CPU backbone (head width 128, 1.3M parameters in all for 17 to 150 classes).
+
+    Each pixel sees 91 px through its convolutions, and the whole image through
+    the Context Encoding Module.
+
+    Arguments as :func:`encnet_resnet50`; there are no ImageNet weights for this
+    backbone, only a local state dict.
+    """
+    return _encnet(
+        "small",
+        num_classes=num_classes,
+        weights_backbone=weights_backbone,
+        aux=aux,
+        se_loss=se_loss,
+        lateral=lateral,
+        num_codes=num_codes,
+        norm_layer=norm_layer,
+    )
+
+
+_BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
+    "fcn": {"resnet50": fcn_resnet50, "resnet101": fcn_resnet101, "small": fcn_small},
+    "encnet": {"resnet50": encnet_resnet50, "resnet101": encnet_resnet101, "small": encnet_small},
+}
+
+
+def build_model(model: str, backbone: str, **kwargs) -> nn.Module:
+    """``build_model("encnet", "resnet50", num_classes=150)`` = ``encnet_resnet50(num_classes=150)``.
+
+    ``model`` is "fcn" or "encnet", ``backbone`` "resnet50", "resnet101" or
+    "small"; ``kwargs`` go to the builder.
+    """
+    if model not in _BUILDERS:
+        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(_BUILDERS)}")
+    if backbone not in _BUILDERS[model]:
+        raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(_BUILDERS[model])}")
+    return _BUILDERS[model][backbone](**kwargs)
