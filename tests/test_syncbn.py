@@ -4,14 +4,12 @@ Launching processes costs seconds, so one spawn of 3 ranks runs every check
 once (a module-scoped fixture, see ``all_checks``) and returns the measured
 differences and collective counts; the test functions below assert on them.
 The 2-rank cases run in the process group of ranks {0, 1}, a subset of the 3
-ranks, which tests a ``process_group`` argument at the same time.
+ranks, which tests a ``process_group`` argument at the same time. The
+comparisons themselves live in :mod:`encnet.syncbn_demo` (notebook 04 runs them too).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,21 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from encnet.distributed import spawn
 from encnet.nn import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
-
-CHANNELS = 3
-STEPS = 2  # training steps per case: running statistics are checked after more than one update
-TAILS = {2: (), 3: (5,), 4: (4, 3), 5: (2, 3, 2)}  # input (B, C, *tail) of each number of dims
-REFERENCE = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 5e-2}
-COLLECTIVES = (
-    "all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "all_to_all",
-    "all_to_all_single", "broadcast", "broadcast_object_list", "reduce", "reduce_scatter",
-    "reduce_scatter_tensor", "gather", "scatter", "barrier",
-)
+from encnet.syncbn_demo import CHANNELS, REFERENCE, STEPS, TAILS, compare_ddp_with_one_process, compare_with_batchnorm
 
 # Cases run on a group of 2 ranks holding 3 and 5 samples (and on a group of 1 rank).
 TWO_RANK_CASES: dict[str, dict[str, Any]] = {
@@ -47,154 +34,24 @@ TWO_RANK_CASES: dict[str, dict[str, Any]] = {
 THREE_RANK_CASES = ("once-unequal", "twice-unequal", "once-empty-rank", "twice-empty-rank")
 
 
-@contextlib.contextmanager
-def counting_collectives() -> Iterator[list[str]]:
-    """Record the name of every torch.distributed collective called inside the block."""
-    calls: list[str] = []
-    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
-
-    def counted(name: str, collective: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            calls.append(name)
-            return collective(*args, **kwargs)
-
-        return call
-
-    for name, collective in originals.items():
-        setattr(dist, name, counted(name, collective))
-    try:
-        yield calls
-    finally:
-        for name, collective in originals.items():
-            setattr(dist, name, collective)
-
-
-def compare_with_batchnorm(
-    sizes: tuple[int, ...],
-    group: Any,
-    *,
-    sync: str = "once",
-    dims: int = 4,
-    dtype: torch.dtype = torch.float64,
-    affine: bool = True,
-    momentum: float | None = 0.1,
-    track_running_stats: bool = True,
-    input_dtype: torch.dtype | None = None,
-) -> dict[str, Any]:
-    """SyncBatchNorm on this rank's slice of a batch vs BatchNorm on the whole batch.
-
-    With ``input_dtype`` the activations (and upstream gradients) come in that
-    precision, as under autocast, while the layer's parameters stay in ``dtype``.
-
-    ``sizes[i]`` is the batch of the group's rank ``i``. Every rank draws the
-    same whole batches and upstream gradients, so it can run the reference
-    itself. Returns the largest absolute differences and the collectives
-    called in each forward, backward and evaluation pass.
-    """
-    rank = dist.get_rank(group)
-    start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
-    options = {"momentum": momentum, "affine": affine, "track_running_stats": track_running_stats}
-    sync_bn = SyncBatchNorm(CHANNELS, process_group=group, sync=sync, **options).to(dtype)
-    reference = REFERENCE[dims](CHANNELS, **options).to(dtype)
-    generator = torch.Generator().manual_seed(2018)
-    if affine:
-        with torch.no_grad():
-            for layer in (sync_bn, reference):
-                layer.weight.copy_(torch.linspace(0.5, 2.0, CHANNELS))
-                layer.bias.copy_(torch.linspace(-1.0, 1.0, CHANNELS))
-    errors = dict.fromkeys(("out", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var", "eval"), 0.0)
-    calls: dict[str, list[list[str]]] = {"forward": [], "backward": [], "eval": []}
-
-    def record(name: str, difference: torch.Tensor) -> None:
-        if difference.numel():
-            errors[name] = max(errors[name], difference.abs().max().item())
-
-    for _ in range(STEPS):
-        whole = (torch.randn(sum(sizes), CHANNELS, *TAILS[dims], generator=generator, dtype=dtype) * 2 + 3)
-        upstream = torch.randn(whole.shape, generator=generator, dtype=dtype)
-        if input_dtype is not None:  # the reference sees the same rounded values, in full precision
-            whole, upstream = (t.to(input_dtype).to(dtype) for t in (whole, upstream))
-        x = whole[start:stop].to(input_dtype or dtype).requires_grad_()
-        whole.requires_grad_()
-        with counting_collectives() as forward_calls:
-            y = sync_bn(x)
-        with counting_collectives() as backward_calls:
-            y.backward(upstream[start:stop].to(y.dtype))
-        calls["forward"].append(forward_calls)
-        calls["backward"].append(backward_calls)
-        expected = reference(whole)
-        expected.backward(upstream)
-        record("out", y.detach() - expected.detach()[start:stop])
-        record("grad_input", x.grad - whole.grad[start:stop])
-        if affine:  # each rank holds the gradient of its share: their sum is the whole batch's
-            for name in ("weight", "bias"):
-                grad = getattr(sync_bn, name).grad.clone()
-                dist.all_reduce(grad, group=group)
-                record(f"grad_{name}", grad - getattr(reference, name).grad)
-            sync_bn.zero_grad()
-            reference.zero_grad()
-    if track_running_stats:
-        record("running_mean", sync_bn.running_mean - reference.running_mean)
-        record("running_var", sync_bn.running_var - reference.running_var)
-        errors["batches_tracked"] = int(sync_bn.num_batches_tracked) - int(reference.num_batches_tracked)
-    sync_bn.eval()
-    reference.eval()
-    # Evaluation normalises each sample on its own (running statistics, or this
-    # rank's batch without them): compare on this rank's slice alone.
-    local = torch.randn(sum(sizes), CHANNELS, *TAILS[dims], generator=generator, dtype=dtype)[start:stop]
-    with counting_collectives() as eval_calls, torch.no_grad():
-        record("eval", sync_bn(local) - reference(local))
-    calls["eval"].append(eval_calls)
-    return {"errors": errors, "calls": calls, "tolerance": TOLERANCE[input_dtype or dtype], "sync": sync}
-
-
 def ddp_matches_one_process(group: Any, steps: int = 3) -> dict[str, float]:
-    """Train a conv + SyncBN model with DDP over ``group`` (2 ranks) on unequal shares of a batch.
+    """Train a conv + BN model with DDP over ``group`` (2 ranks) on unequal shares (2 and 4) of a batch.
 
     Returns the largest difference of any parameter or buffer from one process
     trained on the whole batch after ``steps`` SGD steps: with SyncBatchNorm,
     and, as a control, with plain BatchNorm.
     """
-    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
-    sizes = (2, 4)
-    start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
     torch.manual_seed(0)
-    one_process = nn.Sequential(
+    model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)
     ).double()
-    replicas = {
-        "sync": convert_sync_batchnorm(copy.deepcopy(one_process), process_group=group),
-        "control": copy.deepcopy(one_process),
-    }
-    replicas = {name: DistributedDataParallel(model, process_group=group) for name, model in replicas.items()}
-    models = {"one_process": one_process, **replicas}
-    optimizers = {name: torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) for name, model in models.items()}
     generator = torch.Generator().manual_seed(7)
-    for _ in range(steps):
-        images = torch.randn(sum(sizes), 3, 6, 6, generator=generator, dtype=torch.float64)
-        targets = torch.randn(sum(sizes), 2, 6, 6, generator=generator, dtype=torch.float64)
-        total = targets.numel()
-        # The whole batch's loss is sum / total over all values. A rank's share of
-        # it is its local sum / total (total = the global count, not its own), and
-        # the gradient of the whole loss is the sum of the shares' gradients. DDP
-        # *averages* gradients over the world_size ranks, so each rank's loss is
-        # its share times world_size: the average is then exactly that sum.
-        losses = {
-            "one_process": F.mse_loss(one_process(images), targets, reduction="sum") / total,
-            **{
-                name: F.mse_loss(model(images[start:stop]), targets[start:stop], reduction="sum") / total * world_size
-                for name, model in replicas.items()
-            },
-        }
-        for name, loss in losses.items():
-            optimizers[name].zero_grad()
-            loss.backward()
-            optimizers[name].step()
-    expected = one_process.state_dict()
-    return {
-        name: max((model.module.state_dict()[key].double() - value.double()).abs().max().item() for key, value in expected.items())
-        for name, model in replicas.items()
-    }
+    batches = [
+        (torch.randn(6, 3, 6, 6, generator=generator, dtype=torch.float64),
+         torch.randn(6, 2, 6, 6, generator=generator, dtype=torch.float64))
+        for _ in range(steps)
+    ]
+    return compare_ddp_with_one_process(model, batches, F.mse_loss, (2, 4), group, lr=0.1, momentum=0.9)["difference"]
 
 
 def all_checks(rank: int, world_size: int) -> dict[str, Any]:

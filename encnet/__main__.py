@@ -1,0 +1,163 @@
+"""Command line: ``python -m encnet train | evaluate | sweep`` (also installed as ``encnet``).
+
+    encnet train --preset synthetic-quick --out runs/quick
+    encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
+    encnet train --resume runs/quick/checkpoint.pt
+    torchrun --nproc_per_node=8 -m encnet train --preset ade20k-encnet-r50 --data-root /data/ADEChallengeData2016
+    encnet evaluate runs/quick/checkpoint.pt --ms --predictions runs/quick/predictions
+    encnet sweep --preset synthetic --alphas 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
+
+Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
+every command is a thin layer over :mod:`encnet.engine`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from . import engine
+from .checkpoint import check_compatible, load_checkpoint
+from .config import BACKBONES, DATASETS, MODELS, PRESETS, TrainConfig, preset
+from .inference import MULTI_SCALES
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override a config field; absent flags leave the preset's value."""
+    flag = parser.add_argument
+    flag("--preset", choices=list(PRESETS), help="starting config (flags below override its fields)")
+    flag("--dataset", choices=DATASETS)
+    flag("--data-root", help="the dataset's folder (not needed for synthetic)")
+    flag("--model", choices=MODELS)
+    flag("--backbone", choices=BACKBONES)
+    flag("--weights-backbone", type=lambda value: None if value.lower() == "none" else value,
+         help='ImageNet weights name (e.g. "IMAGENET1K_V1"), a local .pth file, or "none" (from scratch)')
+    flag("--se-weight", type=float, help="alpha of the SE-loss (0: EncNet without the SE branch)")
+    flag("--aux-weight", type=float, help="weight of the auxiliary FCN loss (0: no auxiliary head)")
+    flag("--dropout", type=float, help="probability of the heads' Dropout layers (default: the model's 0.1)")
+    flag("--epochs", type=int)
+    flag("--batch-size", type=int, help="global batch, split over the torchrun processes")
+    flag("--lr", type=float, help="learning rate for a batch of 16 (scaled by batch-size / 16)")
+    flag("--crop-size", type=int)
+    flag("--base-size", type=int)
+    flag("--workers", type=int, help="DataLoader workers per process")
+    flag("--seed", type=int)
+    flag("--device", help='"auto" (default), "cpu", "cuda" or "cuda:N"')
+    flag("--eval-every", type=int, help="evaluate every this many epochs")
+    flag("--progress", action=argparse.BooleanOptionalAction, default=None,
+         help="tqdm progress bars (default: when standard error is a terminal)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="encnet", description="EncNet: train, evaluate, sweep the SE-loss weight.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (also under torchrun)", argument_default=argparse.SUPPRESS)
+    _add_run_flags(train)
+    train.add_argument("--out", help="folder for checkpoint.pt, log.jsonl, metrics.json (default: runs/<preset>)")
+    train.add_argument("--resume", help="checkpoint.pt to continue from (its settings are the default)")
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint on a dataset split")
+    evaluate.add_argument("checkpoint", help="checkpoint.pt written by `encnet train`")
+    evaluate.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    evaluate.add_argument("--data-root", help="default: the checkpoint's")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--ms", action="store_true", help=f"multi-scale {MULTI_SCALES} with flip")
+    evaluate.add_argument("--crop-size", type=int, help="sliding-window size (default: the training crop)")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only)")
+    evaluate.add_argument("--workers", type=int, default=2)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--predictions", help="folder for palette PNGs of the predictions")
+    evaluate.add_argument("--out", help="JSON file for the metrics (default: print only)")
+    evaluate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    sweep = commands.add_parser("sweep", help="SE-loss weight sweep, one JSON file", argument_default=argparse.SUPPRESS)
+    _add_run_flags(sweep)
+    sweep.add_argument("--alphas", type=float, nargs="+", required=True, help="SE-loss weights to train with")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
+    sweep.add_argument("--with-fcn", action="store_true", default=False, help="add an FCN run per seed")
+    sweep.add_argument("--out", required=True, help="JSON file with every run's metrics")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    fields = {field.name for field in dataclasses.fields(TrainConfig)} - {"out", "resume"}
+    return {name: value for name, value in vars(args).items() if name in fields}
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = _overrides(args)
+    if "resume" in args:
+        start = preset(args.preset) if "preset" in args else TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
+        out = args.out if "out" in args else start.out or str(Path(args.resume).parent)
+        return dataclasses.replace(start, **overrides, resume=args.resume, out=out)
+    if "preset" not in args:
+        raise ValueError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
+    return dataclasses.replace(preset(args.preset), **overrides, out=args.out if "out" in args else f"runs/{args.preset}")
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    result = engine.train(_train_config(args), progress=args.progress if "progress" in args else None)
+    if _is_rank_zero() and result["metrics"] is not None:
+        metrics = result["metrics"]
+        print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}"
+              f"  -> {result['config']['out']}")
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    rank, _, device = engine.setup_process(args.device)
+    model, config, checkpoint = engine.load_trained(args.checkpoint, device=device)
+    name = args.dataset or config.dataset
+    dataset = engine.whole_images(name, args.split, root=args.data_root or config.data_root,
+                                  options=config.dataset_options if name == config.dataset else {})
+    check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=dataset.num_classes)
+    metrics = engine.evaluate(
+        model, dataset, crop_size=args.crop_size or config.crop_size,
+        scales=MULTI_SCALES if args.ms else (1.0,), flip=args.ms, batch_size=args.batch_size,
+        workers=args.workers, predictions=args.predictions, progress=args.progress,
+    )
+    if rank == 0:
+        if args.out:
+            engine.write_json(args.out, {**metrics, "classes": checkpoint["classes"], "checkpoint": args.checkpoint,
+                                         "split": args.split, "ms": args.ms})
+        print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    if "preset" not in args:
+        raise ValueError(f"give --preset (one of: {', '.join(PRESETS)})")
+    config = dataclasses.replace(preset(args.preset), **_overrides(args))
+    result = engine.sweep(config, alphas=args.alphas, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
+                          progress=args.progress if "progress" in args else None)
+    if _is_rank_zero():
+        for run in result["runs"]:
+            print(f"{run['model']:>6}  alpha {run['se_weight']:<5g} seed {run['seed']}:  "
+                  f"pixAcc {run['pixAcc']:.4f}  mIoU {run['mIoU']:.4f}")
+
+
+def _is_rank_zero() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    run = {"train": _run_train, "evaluate": _run_evaluate, "sweep": _run_sweep}[args.command]
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+        where = f" on rank {dist.get_rank()}" if dist.is_initialized() and dist.get_world_size() > 1 else ""
+        print(f"encnet {args.command}: error{where}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Training configurations: one dataclass, :class:`TrainConfig`, and named presets.
+
+A run is fully described by a :class:`TrainConfig` (it is saved in every
+checkpoint). Presets are ready-made configs; flags of the command line, or
+:func:`dataclasses.replace` in Python, override their fields::
+
+    from dataclasses import replace
+    from encnet.config import preset
+    config = replace(preset("synthetic"), epochs=4, se_weight=0.8)
+
+The recipe follows the reference implementation (``../shared/REFERENCE.md``):
+SGD with momentum 0.9 and weight decay 1e-4; the head at 10x the backbone's
+learning rate; the poly schedule ``lr * (1 - t / T) ** 0.9`` per iteration;
+loss ``CE + aux_weight * CE(aux) + se_weight * BCE(se)``. ``lr`` is the rate for
+a global batch of 16 images and is scaled by ``batch_size / 16``.
+
+``batch_size`` is the *global* batch: under ``torchrun --nproc_per_node=N`` each
+of the N processes takes ``batch_size / N`` images, so the same config gives
+the same recipe on 1 or on 8 GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import data, models
+
+MODELS = ("fcn", "encnet")
+BACKBONES = tuple(models.STAGE_CHANNELS)
+DATASETS = tuple(data.DATASETS)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Attributes:
+        dataset: one of :data:`DATASETS`; ``data_root`` is its folder (None for "synthetic").
+        dataset_options: extra keyword arguments of ``encnet.data.build_dataset``
+            (the synthetic scenes' sizes, VOC's ``aug``).
+        model, backbone: ``encnet.models.build_model(model, backbone)``.
+        weights_backbone: ImageNet weights name (e.g. "IMAGENET1K_V1") or a local
+            ``.pth`` path for the backbone; None trains it from scratch.
+        se_weight: alpha of the SE-loss; 0 builds EncNet without the SE branch.
+            FCN has no SE branch, so its se_weight is always 0.
+        aux_weight: weight of the auxiliary head's CE; 0 builds no auxiliary head.
+        lateral, num_codes: EncNet's lateral path and its codewords K.
+        dropout: if set, the probability of every Dropout layer of the model
+            (the heads use 0.1); None keeps the model's.
+        epochs, batch_size (global), lr (for a batch of 16), momentum,
+        weight_decay, head_lr_mult, poly_power: the optimisation recipe.
+        crop_size, base_size: training crop and the size the random scaling is relative to.
+        workers: DataLoader worker processes per rank.
+        seed: seeds the model's initialisation, the data order and the augmentation.
+        device: "auto" (the rank's GPU if there is one, else CPU), "cpu", "cuda" or "cuda:N".
+        eval_every: evaluate on the validation split every this many epochs (and after the last).
+        out: folder for checkpoint.pt, log.jsonl and metrics.json; None writes nothing.
+        resume: a checkpoint.pt to continue from.
+    """
+
+    dataset: str
+    epochs: int
+    lr: float
+    crop_size: int
+    base_size: int
+    data_root: str | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    model: str = "encnet"
+    backbone: str = "resnet50"
+    weights_backbone: str | None = None
+    se_weight: float = 0.2
+    aux_weight: float = 0.2
+    lateral: bool = False
+    num_codes: int = 32
+    dropout: float | None = None
+    batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 10.0
+    poly_power: float = 0.9
+    workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    out: str | None = None
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("model", self.model, MODELS)
+        _check_choice("backbone", self.backbone, BACKBONES)
+        for name in ("epochs", "batch_size", "crop_size", "base_size", "num_codes", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "head_lr_mult"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("se_weight", "aux_weight", "momentum", "weight_decay", "poly_power"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1) or be None, got {self.dropout!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+        if self.model == "fcn":
+            object.__setattr__(self, "se_weight", 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (for JSON and for checkpoints loaded with ``weights_only=True``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; valid fields: {sorted(names)}")
+        return cls(**values)
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
+
+
+# The synthetic scenes: sizes chosen so that FCN < EncNet < EncNet + SE-loss
+# shows on a laptop CPU in a few minutes per model (benchmarks/train.py times it).
+_SYNTHETIC = TrainConfig(
+    dataset="synthetic",
+    dataset_options={"image_size": 96, "train_samples": 2000, "val_samples": 200},
+    backbone="small",
+    epochs=8,
+    batch_size=16,
+    lr=0.01,
+    crop_size=96,
+    base_size=96,
+    workers=0,
+)
+
+# Reference recipes (../shared/REFERENCE.md; PyTorch-Encoding's experiments/segmentation,
+# whose default epochs are ADE20K 180, PASCAL-Context 80, VOC-aug 80). ImageNet-pretrained
+# backbones, batch 16, crop 480 from base 520.
+_REFERENCE = {"weights_backbone": "IMAGENET1K_V1", "batch_size": 16, "crop_size": 480, "base_size": 520}
+
+PRESETS: dict[str, TrainConfig] = {
+    "synthetic": _SYNTHETIC,
+    "synthetic-quick": dataclasses.replace(
+        _SYNTHETIC,
+        dataset_options={"image_size": 64, "train_samples": 32, "val_samples": 16},
+        epochs=2,
+        batch_size=8,
+        crop_size=64,
+        base_size=64,
+    ),
+    "ade20k-encnet-r50": TrainConfig(dataset="ade20k", backbone="resnet50", epochs=180, lr=0.004, **_REFERENCE),
+    "ade20k-encnet-r101": TrainConfig(
+        dataset="ade20k",
+        backbone="resnet101",
+        epochs=180,
+        lr=0.004,
+        **{**_REFERENCE, "crop_size": 576, "base_size": 640},
+    ),
+    "pcontext-encnet-r50": TrainConfig(dataset="pcontext", backbone="resnet50", epochs=80, lr=0.001, **_REFERENCE),
+    "pcontext-encnet-r101": TrainConfig(dataset="pcontext", backbone="resnet101", epochs=80, lr=0.001, **_REFERENCE),
+    "voc-encnet-r101": TrainConfig(
+        dataset="voc", dataset_options={"aug": True}, backbone="resnet101", epochs=80, lr=0.001, **_REFERENCE
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """The preset ``name``; an unknown name is an error listing the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,143 @@
+"""The command line: `encnet train | evaluate | sweep`, its presets, overrides and errors."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encnet import engine
+from encnet.__main__ import _parser, _train_config, main
+from encnet.checkpoint import FORMAT, load_checkpoint
+from encnet.config import PRESETS
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The CI smoke run, `encnet train --preset synthetic-quick`: its folder and its standard output."""
+    out = tmp_path_factory.mktemp("quick")
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["train", "--preset", "synthetic-quick", "--out", str(out), "--no-progress"]) == 0
+    return out, stdout.getvalue()
+
+
+def test_synthetic_quick_end_to_end(quick, tmp_path, capsys):
+    out, stdout = quick
+    assert "pixAcc" in stdout
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["config"]["dataset"] == "synthetic" and checkpoint["iteration"] == 2 * 32 // 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"pixAcc", "mIoU", "mIoU_all", "IoU", "classes"} <= set(metrics)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+
+    # Evaluate the checkpoint on whole images, with palette PNGs of the predictions.
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--batch-size", "8", "--workers", "0",
+                 "--predictions", str(tmp_path / "pred"), "--out", str(tmp_path / "eval.json")]) == 0
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert scores["pixAcc"] == pytest.approx(metrics["pixAcc"]) and scores["ms"] is False
+    pngs = sorted((tmp_path / "pred").iterdir())
+    assert [png.name for png in pngs] == [f"{index:05d}.png" for index in range(16)]
+    with Image.open(pngs[0]) as png:
+        assert png.mode == "P" and png.size == (64, 64)
+        assert np.asarray(png).max() < 17
+
+    # A new run never overwrites a checkpoint; --resume alone takes the checkpoint's settings,
+    # and a finished run has nothing left to do.
+    assert main(["train", "--preset", "synthetic-quick", "--out", str(out)]) == 1
+    assert "already holds a run's checkpoint.pt; continue it with --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out / "checkpoint.pt"), "--no-progress"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["iteration"] == checkpoint["iteration"]
+
+
+def test_evaluate_multi_scale(quick, tmp_path, monkeypatch):
+    """--ms: six scales with flip, sliding windows beyond the crop (on one image, to stay quick)."""
+    whole_images = engine.whole_images
+
+    class FirstImage(torch.utils.data.Subset):
+        def __init__(self, dataset):
+            super().__init__(dataset, [0])
+            self.num_classes, self.palette = dataset.num_classes, dataset.palette
+
+    monkeypatch.setattr(engine, "whole_images", lambda *args, **kwargs: FirstImage(whole_images(*args, **kwargs)))
+    calls = []
+    predict = engine.predict
+    monkeypatch.setattr(engine, "predict", lambda *args, **kwargs: calls.append(kwargs) or predict(*args, **kwargs))
+    assert main(["evaluate", str(quick[0] / "checkpoint.pt"), "--ms", "--workers", "0",
+                 "--out", str(tmp_path / "ms.json")]) == 0
+    assert calls[0]["scales"] == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and calls[0]["flip"] is True
+    assert 0 <= json.loads((tmp_path / "ms.json").read_text())["mIoU"] <= 1
+
+
+def test_flags_override_the_preset():
+    args = _parser().parse_args(["train", "--preset", "synthetic", "--model", "fcn", "--epochs", "3",
+                                 "--lr", "0.05", "--batch-size", "8", "--data-root", "somewhere"])
+    config = _train_config(args)
+    assert (config.model, config.epochs, config.lr, config.batch_size) == ("fcn", 3, 0.05, 8)
+    assert config.data_root == "somewhere" and config.se_weight == 0.0  # FCN has no SE branch
+    assert config.crop_size == PRESETS["synthetic"].crop_size and config.out == "runs/synthetic"
+    reference = _train_config(_parser().parse_args(["train", "--preset", "ade20k-encnet-r101"]))
+    assert (reference.crop_size, reference.base_size, reference.lr, reference.batch_size) == (576, 640, 0.004, 16)
+
+
+@pytest.mark.parametrize(
+    "argv, listed",
+    [
+        (["train", "--preset", "cityscapes"], "synthetic-quick"),
+        (["train", "--preset", "synthetic", "--dataset", "coco"], "pcontext"),
+        (["train", "--preset", "synthetic", "--model", "psp"], "encnet"),
+        (["train", "--preset", "synthetic", "--backbone", "vgg"], "resnet101"),
+    ],
+)
+def test_unknown_names_list_the_valid_ones(argv, listed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid choice" in error and listed in error
+
+
+def test_user_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--epochs", "2"]) == 1
+    assert "give --preset (one of: synthetic, synthetic-quick" in capsys.readouterr().err
+    assert main(["train", "--preset", "synthetic-quick", "--epochs", "0"]) == 1
+    assert "epochs must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing.pt")]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert main(["train", "--preset", "ade20k-encnet-r50", "--out", str(tmp_path)]) == 1
+    assert "needs root=" in capsys.readouterr().err
+    torch.save({"format": FORMAT, "model": {}, "config": print}, tmp_path / "unsafe.pt")
+    assert main(["evaluate", str(tmp_path / "unsafe.pt")]) == 1
+    assert "refused to load" in capsys.readouterr().err
+
+
+def test_sweep_writes_one_file_and_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    argv = ["sweep", "--preset", "synthetic-quick", "--epochs", "1", "--alphas", "0.4", "--seeds", "3",
+            "--with-fcn", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    sweep = json.loads(out.read_text())
+    assert [(run["model"], run["se_weight"], run["seed"]) for run in sweep["runs"]] == [("fcn", 0.0, 3),
+                                                                                      ("encnet", 0.4, 3)]
+    assert all(0 <= run["mIoU"] <= 1 and len(run["history"]) == 1 for run in sweep["runs"])
+    assert sweep["config"]["epochs"] == 1 and sweep["alphas"] == [0.4] and sweep["seeds"] == [3]
+    before = out.stat().st_mtime_ns
+    assert main(argv) == 0  # every run is in the file already: nothing is trained, nothing rewritten
+    assert out.stat().st_mtime_ns == before
+    assert "fcn" in capsys.readouterr().out
+    assert main([*argv[:4], "2", *argv[5:]]) == 1  # another base config, same file
+    assert "holds a sweep of another config" in capsys.readouterr().err
+
+
+def test_installed_command(tmp_path):
+    command = Path(sys.executable).parent / "encnet"
+    done = subprocess.run([str(command), "train", "--preset", "nope"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "ade20k-encnet-r50" in done.stderr
