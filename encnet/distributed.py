@@ -23,6 +23,7 @@ pickled. Each process uses one thread (``torch.set_num_threads(1)``) so that
 from __future__ import annotations
 
 import datetime
+import pickle
 import socket
 import sys
 import traceback
@@ -111,15 +112,17 @@ def _run_rank(
             timeout=datetime.timedelta(seconds=timeout),
         )
         try:
-            sender.send((True, fn(rank, world_size, *args)))
+            # Plain pickle copies tensors by value; multiprocessing's own pickler would
+            # pass them through shared memory, which vanishes when this process exits.
+            sender.send_bytes(pickle.dumps((True, fn(rank, world_size, *args))))
         except BaseException:
             # Report before the group is destroyed: the peers then fail too, and
             # this rank's error, the cause, should be the first to arrive.
-            sender.send((False, traceback.format_exc()))
+            sender.send_bytes(pickle.dumps((False, traceback.format_exc())))
         finally:
             dist.destroy_process_group()
     except BaseException:
-        sender.send((False, traceback.format_exc()))
+        sender.send_bytes(pickle.dumps((False, traceback.format_exc())))
     finally:
         sender.close()
 
@@ -138,7 +141,7 @@ def _collect(
         for receiver in ready:
             rank = waiting.pop(receiver)
             try:
-                outcomes[rank] = receiver.recv()
+                outcomes[rank] = pickle.loads(receiver.recv_bytes())
             except EOFError:
                 processes[rank].join()
                 outcomes[rank] = (
