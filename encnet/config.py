@@ -164,10 +164,16 @@ PRESETS: dict[str, TrainConfig] = {
         lr=0.004,
         **{**_REFERENCE, "crop_size": 576, "base_size": 640},
     ),
-    "pcontext-encnet-r50": TrainConfig(dataset="pcontext", backbone="resnet50", epochs=80, lr=0.001, **_REFERENCE),
-    "pcontext-encnet-r101": TrainConfig(dataset="pcontext", backbone="resnet101", epochs=80, lr=0.001, **_REFERENCE),
+    # The lateral path from stages 2 and 3 is the reference's choice on the PASCAL datasets.
+    "pcontext-encnet-r50": TrainConfig(
+        dataset="pcontext", backbone="resnet50", epochs=80, lr=0.001, lateral=True, **_REFERENCE
+    ),
+    "pcontext-encnet-r101": TrainConfig(
+        dataset="pcontext", backbone="resnet101", epochs=80, lr=0.001, lateral=True, **_REFERENCE
+    ),
     "voc-encnet-r101": TrainConfig(
-        dataset="voc", dataset_options={"aug": True}, backbone="resnet101", epochs=80, lr=0.001, **_REFERENCE
+        dataset="voc", dataset_options={"aug": True}, backbone="resnet101", epochs=80, lr=0.001, lateral=True,
+        **_REFERENCE,
     ),
 }
 
