@@ -128,17 +128,19 @@ def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 # The synthetic scenes: sizes chosen so that FCN < EncNet < EncNet + SE-loss
-# shows on a laptop CPU in a few minutes per model (benchmarks/train.py times it).
+# shows on a laptop CPU in a few minutes per model (data/README.md has the table
+# measured with these settings; benchmarks/train.py times them).
 _SYNTHETIC = TrainConfig(
     dataset="synthetic",
-    dataset_options={"image_size": 96, "train_samples": 2000, "val_samples": 200},
+    dataset_options={"image_size": 64, "train_samples": 2000, "val_samples": 500},
     backbone="small",
-    epochs=8,
+    epochs=3,
     batch_size=16,
     lr=0.01,
-    crop_size=96,
-    base_size=96,
+    crop_size=64,
+    base_size=64,
     workers=0,
+    eval_every=3,
 )
 
 # Reference recipes (../shared/REFERENCE.md; PyTorch-Encoding's experiments/segmentation,

@@ -34,7 +34,8 @@ def to_rgb(image: Tensor) -> np.ndarray:
 
 def overlay(image: Tensor, mask: Tensor, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
     """Blend the colorized ``mask`` over the normalised ``image``: (H, W, 3) floats in [0, 1]."""
-    return (1 - alpha) * to_rgb(image) + alpha * colorize(mask, palette) / 255.0
+    blended = (1 - alpha) * to_rgb(image) + alpha * colorize(mask, palette) / 255.0
+    return blended.clip(0, 1)  # float rounding can step just past 1, which imshow warns about
 
 
 def show_segmentations(images, columns: dict[str, Sequence[Tensor]], palette, *, size: float = 1.8):
@@ -67,6 +68,7 @@ def palette_legend(classes: Sequence[str], palette: Sequence[Sequence[int]], *, 
     from matplotlib.patches import Patch
 
     handles = [Patch(color=np.asarray(c) / 255.0, label=name) for name, c in zip(classes, palette)]
-    fig = plt.figure(figsize=(1.9 * columns, 0.3 * (len(classes) // columns + 1)))
-    fig.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=8)
+    fig, ax = plt.subplots(figsize=(1.9 * columns, 0.3 * (len(classes) // columns + 1)))
+    ax.axis("off")  # an empty, hidden axes: inline backends do not draw a figure without axes
+    ax.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=8)
     return fig
