@@ -157,6 +157,7 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=8,
         crop_size=64,
         base_size=64,
+        eval_every=1,
     ),
     "ade20k-encnet-r50": TrainConfig(dataset="ade20k", backbone="resnet50", epochs=180, lr=0.004, **_REFERENCE),
     "ade20k-encnet-r101": TrainConfig(

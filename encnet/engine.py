@@ -259,7 +259,7 @@ def whole_images(name: str, split: str, *, root: str | None, options: dict[str, 
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if root is None:
         raise ValueError(f"dataset {name!r} needs its folder: pass --data-root")
-    return DATASETS[name](root, split, transforms=v2.Compose(transforms._to_normalised_tensors()), **options)
+    return DATASETS[name](root, split, transforms=v2.Compose(transforms.to_normalised_tensors()), **options)
 
 
 def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from . import transforms
 from .ade20k import ADE20K
-from .palette import colorize, voc_colormap
+from .cifar import CIFAR10_MEAN, CIFAR10_STD, CifarImages, SyntheticCifar10, cifar10
+from .palette import voc_colormap
 from .pcontext import PascalContext
 from .synthetic import SyntheticScenes
 from .voc import PascalVOC
@@ -87,12 +88,16 @@ def _synthetic(
 
 __all__ = [
     "ADE20K",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CifarImages",
     "DATASETS",
     "PascalContext",
     "PascalVOC",
+    "SyntheticCifar10",
     "SyntheticScenes",
     "build_dataset",
-    "colorize",
+    "cifar10",
     "transforms",
     "voc_colormap",
 ]

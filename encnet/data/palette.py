@@ -3,14 +3,13 @@
 The PASCAL VOC colour map spreads the bits of a label over the three channels
 (bit 0 to red, bit 1 to green, bit 2 to blue, the next three bits one step
 lower, and so on), so nearby labels get clearly different colours. VOC's own
-mask PNGs use it; ADE20K and PASCAL-Context masks are drawn with it too here.
+mask PNGs use it; ADE20K and PASCAL-Context masks are drawn with it too here
+(``encnet.viz.colorize`` draws a mask in a dataset's palette).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
 
 def voc_colormap(num_colors: int) -> tuple[tuple[int, int, int], ...]:
@@ -21,11 +20,3 @@ def voc_colormap(num_colors: int) -> tuple[tuple[int, int, int], ...]:
         for channel in range(3):
             rgb[:, channel] |= ((labels >> (3 * shift + channel)) & 1) << (7 - shift)
     return tuple(tuple(int(v) for v in colour) for colour in rgb)
-
-
-def colorize(mask: Tensor, palette, ignore_color=(255, 255, 255)) -> Tensor:
-    """Labels (..., H, W) -> uint8 RGB (..., H, W, 3); ignored pixels (255) get ``ignore_color``."""
-    table = torch.zeros(256, 3, dtype=torch.uint8)
-    table[: len(palette)] = torch.tensor(palette, dtype=torch.uint8)
-    table[255] = torch.tensor(ignore_color, dtype=torch.uint8)
-    return table[mask.long().clamp(0, 255)]

@@ -71,7 +71,8 @@ class PadToSize(v2.Transform):
         return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=fill)
 
 
-def _to_normalised_tensors() -> list[v2.Transform]:
+def to_normalised_tensors() -> list[v2.Transform]:
+    """Image to float32 normalised with the ImageNet mean and std, mask to int64 (no resizing)."""
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -86,13 +87,13 @@ def train_transforms(*, base_size: int, crop_size: int) -> v2.Compose:
         PadToSize(crop_size),
         v2.RandomCrop(crop_size),
         v2.RandomHorizontalFlip(),
-        *_to_normalised_tensors(),
+        *to_normalised_tensors(),
     ])
 
 
 def val_transforms(*, crop_size: int) -> v2.Compose:
     """Validation view: short side resized to ``crop_size``, central square crop."""
-    return v2.Compose([v2.Resize(crop_size), v2.CenterCrop(crop_size), *_to_normalised_tensors()])
+    return v2.Compose([v2.Resize(crop_size), v2.CenterCrop(crop_size), *to_normalised_tensors()])
 
 
 def denormalize(image: Tensor) -> Tensor:
