@@ -11,7 +11,8 @@ A round times one step of each layer on each rank (each after a barrier, in
 an order rotated from round to round, so no layer always follows another); a step
 lasts as long as its slowest rank, so each time is the median over rounds of
 the slower rank's time, and each ratio the median over rounds of the ratio
-within the round. Each process uses one CPU thread.
+within the round. Each process uses one CPU thread. The rounds are those of
+``encnet.syncbn_demo.count_and_time_collectives`` (also used by notebook 04).
 
 torch.nn.SyncBatchNorm is tried too: it refuses CPU tensors, and the benchmark
 prints its error. Comparing against it needs GPUs with NCCL; no GPU was lent
@@ -25,43 +26,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from encnet.distributed import spawn
-from encnet.nn import SyncBatchNorm
+from encnet.syncbn_demo import count_and_time_collectives
 
 LAYERS = ("BatchNorm2d", "sync once", "sync twice")
-
-
-def time_steps(rank: int, world_size: int, shape: tuple[int, ...], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """On one rank: seconds per forward + backward step of each layer, interleaved over ``rounds``."""
-    channels = shape[1]
-    layers = {
-        "BatchNorm2d": nn.BatchNorm2d(channels),
-        "sync once": SyncBatchNorm(channels, sync="once"),
-        "sync twice": SyncBatchNorm(channels, sync="twice"),
-    }
-    generator = torch.Generator().manual_seed(rank)
-    x = (torch.randn(shape, generator=generator) * 2 + 1).requires_grad_()
-    upstream = torch.randn(shape, generator=generator)
-    seconds: dict[str, list[float]] = {name: [] for name in layers}
-    names = list(layers)
-    for round_index in range(warmup + rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]  # rotate: no layer always first
-        for name in order:
-            layer = layers[name]
-            x.grad = None
-            dist.barrier()
-            start = time.perf_counter()
-            layer(x).backward(upstream)
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                seconds[name].append(elapsed)
-    return seconds
 
 
 def torch_sync_batchnorm_on_cpu(rank: int, world_size: int) -> str:
@@ -87,8 +59,10 @@ def main() -> None:
     print(f"{'per-rank shape':>18} | " + " | ".join(f"{name:>12}" for name in LAYERS)
           + " | once / BN | twice / once")
     for shape in shapes:
-        per_rank = spawn(time_steps, 2, shape, args.rounds, args.warmup)
-        step = {name: [max(times) for times in zip(*(rank[name] for rank in per_rank))] for name in LAYERS}
+        per_rank = [result[shape] for result in spawn(count_and_time_collectives, 2, [shape], args.rounds, args.warmup)]
+        seconds = [{name: [f + b for f, b in zip(layer["seconds"]["forward"], layer["seconds"]["backward"])]
+                    for name, layer in rank.items()} for rank in per_rank]  # forward + backward, per round
+        step = {name: [max(times) for times in zip(*(rank[name] for rank in seconds))] for name in LAYERS}
 
         def ratio(numerator: str, denominator: str) -> float:
             """Median over rounds of the ratio within each round (steps timed side by side)."""
