@@ -27,7 +27,7 @@ from typing import Any
 
 from . import data, models
 
-MODELS = ("fcn", "encnet")
+MODELS = models.MODELS
 BACKBONES = tuple(models.STAGE_CHANNELS)
 DATASETS = tuple(data.DATASETS)
 

@@ -6,6 +6,7 @@ from .segmentation import (
     FCN,
     EncHead,
     EncNet,
+    MODELS,
     FCNHead,
     build_model,
     encnet_resnet50,
@@ -18,6 +19,7 @@ from .segmentation import (
 
 __all__ = [
     "FCN",
+    "MODELS",
     "STAGE_CHANNELS",
     "CifarNet",
     "EncHead",

@@ -338,6 +338,8 @@ _BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
     "fcn": {"resnet50": fcn_resnet50, "resnet101": fcn_resnet101, "small": fcn_small},
     "encnet": {"resnet50": encnet_resnet50, "resnet101": encnet_resnet101, "small": encnet_small},
 }
+MODELS = tuple(_BUILDERS)
+"""The model names :func:`build_model` accepts."""
 
 
 def build_model(model: str, backbone: str, **kwargs) -> nn.Module:
