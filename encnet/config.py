@@ -8,7 +8,7 @@ checkpoint). Presets are ready-made configs; flags of the command line, or
     from encnet.config import preset
     config = replace(preset("synthetic"), epochs=4, se_weight=0.8)
 
-The recipe follows the reference implementation (``../shared/REFERENCE.md``):
+The recipe follows the reference implementation (PyTorch-Encoding, by the paper's first author):
 SGD with momentum 0.9 and weight decay 1e-4; the head at 10x the backbone's
 learning rate; the poly schedule ``lr * (1 - t / T) ** 0.9`` per iteration;
 loss ``CE + aux_weight * CE(aux) + se_weight * BCE(se)``. ``lr`` is the rate for
@@ -41,8 +41,10 @@ class TrainConfig:
         dataset_options: extra keyword arguments of ``encnet.data.build_dataset``
             (the synthetic scenes' sizes, VOC's ``aug``).
         model, backbone: ``encnet.models.build_model(model, backbone)``.
-        weights_backbone: ImageNet weights name (e.g. "IMAGENET1K_V1") or a local
-            ``.pth`` path for the backbone; None trains it from scratch.
+        weights_backbone: ImageNet weights of the backbone: a torchvision name for
+            resnet50/101 (e.g. "IMAGENET1K_V1"), the publisher's name for the deep-stem
+            backbones ("resnet50s", "resnet50_v1c", ...: ``encnet.models.zoo``), or a
+            local file; None trains it from scratch.
         se_weight: alpha of the SE-loss; 0 builds EncNet without the SE branch.
             FCN has no SE branch, so its se_weight is always 0.
         aux_weight: weight of the auxiliary head's CE; 0 builds no auxiliary head.
@@ -143,10 +145,12 @@ _SYNTHETIC = TrainConfig(
     eval_every=3,
 )
 
-# Reference recipes (../shared/REFERENCE.md; PyTorch-Encoding's experiments/segmentation,
-# whose default epochs are ADE20K 180, PASCAL-Context 80, VOC-aug 80). ImageNet-pretrained
-# backbones, batch 16, crop 480 from base 520.
-_REFERENCE = {"weights_backbone": "IMAGENET1K_V1", "batch_size": 16, "crop_size": 480, "base_size": 520}
+# Reference recipes (PyTorch-Encoding's experiments/segmentation, whose default epochs are ADE20K 180,
+# PASCAL-Context 80, VOC-aug 80): the paper's deep-stem backbones ResNet-50s / 101s from the reference's own
+# ImageNet weights, batch 16, crop 480 from base 520.
+_REFERENCE = {"batch_size": 16, "crop_size": 480, "base_size": 520}
+_R50S = {"backbone": "resnet50s", "weights_backbone": "resnet50s"}
+_R101S = {"backbone": "resnet101s", "weights_backbone": "resnet101s"}
 
 PRESETS: dict[str, TrainConfig] = {
     "synthetic": _SYNTHETIC,
@@ -159,24 +163,17 @@ PRESETS: dict[str, TrainConfig] = {
         base_size=64,
         eval_every=1,
     ),
-    "ade20k-encnet-r50": TrainConfig(dataset="ade20k", backbone="resnet50", epochs=180, lr=0.004, **_REFERENCE),
+    "ade20k-encnet-r50": TrainConfig(dataset="ade20k", epochs=180, lr=0.004, **_R50S, **_REFERENCE),
     "ade20k-encnet-r101": TrainConfig(
-        dataset="ade20k",
-        backbone="resnet101",
-        epochs=180,
-        lr=0.004,
-        **{**_REFERENCE, "crop_size": 576, "base_size": 640},
+        dataset="ade20k", epochs=180, lr=0.004, **_R101S, **{**_REFERENCE, "crop_size": 576, "base_size": 640}
     ),
     # The lateral path from stages 2 and 3 is the reference's choice on the PASCAL datasets.
-    "pcontext-encnet-r50": TrainConfig(
-        dataset="pcontext", backbone="resnet50", epochs=80, lr=0.001, lateral=True, **_REFERENCE
-    ),
+    "pcontext-encnet-r50": TrainConfig(dataset="pcontext", epochs=80, lr=0.001, lateral=True, **_R50S, **_REFERENCE),
     "pcontext-encnet-r101": TrainConfig(
-        dataset="pcontext", backbone="resnet101", epochs=80, lr=0.001, lateral=True, **_REFERENCE
+        dataset="pcontext", epochs=80, lr=0.001, lateral=True, **_R101S, **_REFERENCE
     ),
     "voc-encnet-r101": TrainConfig(
-        dataset="voc", dataset_options={"aug": True}, backbone="resnet101", epochs=80, lr=0.001, lateral=True,
-        **_REFERENCE,
+        dataset="voc", dataset_options={"aug": True}, epochs=80, lr=0.001, lateral=True, **_R101S, **_REFERENCE
     ),
 }
 

@@ -135,7 +135,7 @@ def test_build_model_dispatches_and_rejects_unknown_names():
     assert isinstance(model, EncNet) and model.head.encoding.encoding.num_codes == 8
     with pytest.raises(ValueError, match="valid models: fcn, encnet"):
         build_model("pspnet", "resnet50", num_classes=3)
-    with pytest.raises(ValueError, match="valid backbones: resnet50, resnet101, small"):
+    with pytest.raises(ValueError, match="valid backbones: resnet50, resnet101, resnet50s, resnet101s, resnet50_v1c, resnet101_v1c, small"):
         build_model("encnet", "resnet18", num_classes=3)
 
 
@@ -206,7 +206,7 @@ def test_bad_weights_are_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a file"):
         fcn_small(num_classes=NUM_CLASSES, weights_backbone=tmp_path / "missing.pth")
     torch.save(fcn_small(num_classes=NUM_CLASSES).state_dict(), tmp_path / "whole_model.pth")
-    with pytest.raises(RuntimeError, match="do not fit the 'small' backbone"):
+    with pytest.raises(ValueError, match="do not fit the 'small' backbone"):
         fcn_small(num_classes=NUM_CLASSES, weights_backbone=tmp_path / "whole_model.pth")
 
 

@@ -1,7 +1,9 @@
-"""Networks: FCN and EncNet on dilated ResNets for segmentation; the CIFAR-10 family."""
+"""Networks: FCN and EncNet on dilated ResNets for segmentation, published checkpoints; the CIFAR-10 family."""
 
-from .backbones import STAGE_CHANNELS, SlimBottleneck, dilated_resnet
+from . import zoo
+from .backbones import STAGE_CHANNELS, SlimBottleneck, backbone_state_dict, dilated_resnet
 from .cifar import CifarNet, EncodingGate, GatedBlock, cifar_encnet, cifar_resnet, cifar_se_resnet
+from .convert import from_checkpoint, load_weights
 from .segmentation import (
     FCN,
     EncHead,
@@ -10,10 +12,18 @@ from .segmentation import (
     FCNHead,
     build_model,
     encnet_resnet50,
+    encnet_resnet50_v1c,
+    encnet_resnet50s,
     encnet_resnet101,
+    encnet_resnet101_v1c,
+    encnet_resnet101s,
     encnet_small,
     fcn_resnet50,
+    fcn_resnet50_v1c,
+    fcn_resnet50s,
     fcn_resnet101,
+    fcn_resnet101_v1c,
+    fcn_resnet101s,
     fcn_small,
 )
 
@@ -28,15 +38,27 @@ __all__ = [
     "FCNHead",
     "GatedBlock",
     "SlimBottleneck",
+    "backbone_state_dict",
     "build_model",
     "cifar_encnet",
     "cifar_resnet",
     "cifar_se_resnet",
     "dilated_resnet",
     "encnet_resnet101",
+    "encnet_resnet101_v1c",
+    "encnet_resnet101s",
     "encnet_resnet50",
+    "encnet_resnet50_v1c",
+    "encnet_resnet50s",
     "encnet_small",
     "fcn_resnet101",
+    "fcn_resnet101_v1c",
+    "fcn_resnet101s",
     "fcn_resnet50",
+    "fcn_resnet50_v1c",
+    "fcn_resnet50s",
     "fcn_small",
+    "from_checkpoint",
+    "load_weights",
+    "zoo",
 ]

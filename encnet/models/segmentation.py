@@ -43,9 +43,9 @@ def _conv_norm_relu(
     )
 
 
-def _upsample(logits: Tensor, size: torch.Size) -> Tensor:
+def _upsample(logits: Tensor, size: torch.Size, align_corners: bool) -> Tensor:
     """Bilinear upsampling of (B, classes, h, w) logits to (B, classes, *size)."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class FCNHead(nn.Sequential):
@@ -108,17 +108,24 @@ class EncHead(nn.Module):
 
 
 class FCN(nn.Module):
-    """Dilated FCN: image (B, 3, H, W) -> {"out", "aux"?} logits (B, classes, H, W)."""
+    """Dilated FCN: image (B, 3, H, W) -> {"out", "aux"?} logits (B, classes, H, W).
 
-    def __init__(self, backbone: nn.Module, head: FCNHead, aux_head: FCNHead | None) -> None:
+    ``align_corners`` of the bilinear upsampling: False (torchvision, mmsegmentation),
+    True for PyTorch-Encoding's weights.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, head: FCNHead, aux_head: FCNHead | None, *, align_corners: bool = False
+    ) -> None:
         super().__init__()
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
-        outputs = {"out": _upsample(self.head(features["c4"]), x.shape[-2:])}
+        outputs = {"out": _upsample(self.head(features["c4"]), x.shape[-2:], self.align_corners)}
         if self.aux_head is not None:
-            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:])
+            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:], self.align_corners)
         return outputs
 
 
@@ -129,16 +136,19 @@ class EncNet(nn.Module):
     ``gamma`` (B, C) is ``self.head.encoding.gamma``.
     """
 
-    def __init__(self, backbone: nn.Module, head: EncHead, aux_head: FCNHead | None) -> None:
+    def __init__(
+        self, backbone: nn.Module, head: EncHead, aux_head: FCNHead | None, *, align_corners: bool = False
+    ) -> None:
         super().__init__()
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
         logits, se_logits = self.head(features)
-        outputs = {"out": _upsample(logits, x.shape[-2:])}
+        outputs = {"out": _upsample(logits, x.shape[-2:], self.align_corners)}
         if self.aux_head is not None:
-            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:])
+            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:], self.align_corners)
         if se_logits is not None:
             outputs["se"] = se_logits
         return outputs
@@ -153,7 +163,13 @@ def _check_num_classes(num_classes: int) -> None:
 
 
 def _fcn(
-    backbone: str, *, num_classes: int, weights_backbone: WeightsBackbone, aux: bool, norm_layer: NormLayer
+    backbone: str,
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+    align_corners: bool = False,
 ) -> FCN:
     _check_num_classes(num_classes)
     channels = STAGE_CHANNELS[backbone]
@@ -161,6 +177,7 @@ def _fcn(
         dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
         FCNHead(channels["c4"], num_classes, norm_layer=norm_layer),
         FCNHead(channels["c3"], num_classes, norm_layer=norm_layer) if aux else None,
+        align_corners=align_corners,
     )
 
 
@@ -168,12 +185,13 @@ def _encnet(
     backbone: str,
     *,
     num_classes: int,
-    weights_backbone: WeightsBackbone,
-    aux: bool,
-    se_loss: bool,
-    lateral: bool,
-    num_codes: int,
-    norm_layer: NormLayer,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    se_loss: bool = True,
+    lateral: bool = False,
+    num_codes: int = 32,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+    align_corners: bool = False,
 ) -> EncNet:
     _check_num_classes(num_classes)
     channels = STAGE_CHANNELS[backbone]
@@ -184,54 +202,31 @@ def _encnet(
         dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
         head,
         FCNHead(channels["c3"], num_classes, norm_layer=norm_layer) if aux else None,
+        align_corners=align_corners,
     )
 
 
-def fcn_resnet50(
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> FCN:
+def fcn_resnet50(**kwargs) -> FCN:
     """Dilated FCN on ResNet-50 (output stride 8), the paper's baseline.
 
-    Args:
-        num_classes: classes per pixel.
-        weights_backbone: None, ImageNet weights of ResNet-50 (enum or name, e.g.
-            ``"IMAGENET1K_V1"``) or the path of a local ``.pth`` state dict.
-        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``).
+    Keyword arguments (the same for every FCN builder):
+        num_classes: classes per pixel (required).
+        weights_backbone: None, ImageNet weights of the backbone (for ResNet-50 a
+            torchvision enum or name, e.g. ``"IMAGENET1K_V1"``; for the deep-stem
+            backbones the publisher's name, e.g. ``"resnet50s"``) or a local file.
+        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``); default True.
         norm_layer: every BatchNorm2d of the model (``encnet.nn.SyncBatchNorm`` for multi-GPU).
+        align_corners: of the final bilinear upsampling; default False.
     """
-    return _fcn(
-        "resnet50", num_classes=num_classes, weights_backbone=weights_backbone, aux=aux, norm_layer=norm_layer
-    )
+    return _fcn("resnet50", **kwargs)
 
 
-def fcn_resnet101(
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> FCN:
+def fcn_resnet101(**kwargs) -> FCN:
     """Dilated FCN on ResNet-101 (output stride 8). Arguments as :func:`fcn_resnet50`."""
-    return _fcn(
-        "resnet101",
-        num_classes=num_classes,
-        weights_backbone=weights_backbone,
-        aux=aux,
-        norm_layer=norm_layer,
-    )
+    return _fcn("resnet101", **kwargs)
 
 
-def fcn_small(
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> FCN:
+def fcn_small(**kwargs) -> FCN:
     """Dilated FCN on the small CPU backbone (1.3M parameters in all for 17 to 150 classes).
 
     The receptive field of an output pixel is 91 px: 75 px of the backbone plus
@@ -240,80 +235,28 @@ def fcn_small(
     Arguments as :func:`fcn_resnet50`; there are no ImageNet weights for this
     backbone, only a local state dict.
     """
-    return _fcn(
-        "small", num_classes=num_classes, weights_backbone=weights_backbone, aux=aux, norm_layer=norm_layer
-    )
+    return _fcn("small", **kwargs)
 
 
-def encnet_resnet50(
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    se_loss: bool = True,
-    lateral: bool = False,
-    num_codes: int = 32,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> EncNet:
+def encnet_resnet50(**kwargs) -> EncNet:
     """EncNet on a dilated ResNet-50 (output stride 8).
 
-    Args:
-        num_classes: classes per pixel (and of the SE branch).
-        weights_backbone: None, ImageNet weights of ResNet-50 (enum or name, e.g.
-            ``"IMAGENET1K_V1"``) or the path of a local ``.pth`` state dict.
-        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``).
-        se_loss: add the SE branch (output ``"se"``, one logit per class).
-        lateral: fuse stages 2 and 3 into the head (used on PASCAL datasets).
-        num_codes: codewords ``K`` of the Encoding Layer.
-        norm_layer: every BatchNorm2d of the model (``encnet.nn.SyncBatchNorm`` for
-            multi-GPU); the BatchNorm1d over the codes is converted by
-            ``encnet.nn.convert_sync_batchnorm``.
+    Keyword arguments (the same for every EncNet builder): those of
+    :func:`fcn_resnet50`, and
+        se_loss: add the SE branch (output ``"se"``, one logit per class); default True.
+        lateral: fuse stages 2 and 3 into the head (used on PASCAL datasets); default False.
+        num_codes: codewords ``K`` of the Encoding Layer; default 32.
+    The BatchNorm1d over the codes is converted by ``encnet.nn.convert_sync_batchnorm``.
     """
-    return _encnet(
-        "resnet50",
-        num_classes=num_classes,
-        weights_backbone=weights_backbone,
-        aux=aux,
-        se_loss=se_loss,
-        lateral=lateral,
-        num_codes=num_codes,
-        norm_layer=norm_layer,
-    )
+    return _encnet("resnet50", **kwargs)
 
 
-def encnet_resnet101(
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    se_loss: bool = True,
-    lateral: bool = False,
-    num_codes: int = 32,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> EncNet:
+def encnet_resnet101(**kwargs) -> EncNet:
     """EncNet on a dilated ResNet-101 (output stride 8). Arguments as :func:`encnet_resnet50`."""
-    return _encnet(
-        "resnet101",
-        num_classes=num_classes,
-        weights_backbone=weights_backbone,
-        aux=aux,
-        se_loss=se_loss,
-        lateral=lateral,
-        num_codes=num_codes,
-        norm_layer=norm_layer,
-    )
+    return _encnet("resnet101", **kwargs)
 
 
-def encnet_small(
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    se_loss: bool = True,
-    lateral: bool = False,
-    num_codes: int = 32,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-) -> EncNet:
+def encnet_small(**kwargs) -> EncNet:
     """EncNet on the small CPU backbone (head width 128, 1.3M parameters in all for 17 to 150 classes).
 
     Each pixel sees 91 px through its convolutions, and the whole image through
@@ -322,21 +265,60 @@ def encnet_small(
     Arguments as :func:`encnet_resnet50`; there are no ImageNet weights for this
     backbone, only a local state dict.
     """
-    return _encnet(
-        "small",
-        num_classes=num_classes,
-        weights_backbone=weights_backbone,
-        aux=aux,
-        se_loss=se_loss,
-        lateral=lateral,
-        num_codes=num_codes,
-        norm_layer=norm_layer,
-    )
+    return _encnet("small", **kwargs)
+
+
+def fcn_resnet50s(**kwargs) -> FCN:
+    """Dilated FCN on ResNet-50s, the reference's deep-stem backbone (the paper's). Arguments as :func:`fcn_resnet50`."""
+    return _fcn("resnet50s", **kwargs)
+
+
+def fcn_resnet101s(**kwargs) -> FCN:
+    """Dilated FCN on ResNet-101s (deep stem). Arguments as :func:`fcn_resnet50`."""
+    return _fcn("resnet101s", **kwargs)
+
+
+def fcn_resnet50_v1c(**kwargs) -> FCN:
+    """Dilated FCN on mmsegmentation's ResNetV1c-50 (stem 3->32->32->64). Arguments as :func:`fcn_resnet50`."""
+    return _fcn("resnet50_v1c", **kwargs)
+
+
+def fcn_resnet101_v1c(**kwargs) -> FCN:
+    """Dilated FCN on mmsegmentation's ResNetV1c-101. Arguments as :func:`fcn_resnet50`."""
+    return _fcn("resnet101_v1c", **kwargs)
+
+
+def encnet_resnet50s(**kwargs) -> EncNet:
+    """EncNet on ResNet-50s, the reference's deep-stem backbone (the paper's). Arguments as :func:`encnet_resnet50`."""
+    return _encnet("resnet50s", **kwargs)
+
+
+def encnet_resnet101s(**kwargs) -> EncNet:
+    """EncNet on ResNet-101s (deep stem). Arguments as :func:`encnet_resnet50`."""
+    return _encnet("resnet101s", **kwargs)
+
+
+def encnet_resnet50_v1c(**kwargs) -> EncNet:
+    """EncNet on mmsegmentation's ResNetV1c-50 (stem 3->32->32->64). Arguments as :func:`encnet_resnet50`."""
+    return _encnet("resnet50_v1c", **kwargs)
+
+
+def encnet_resnet101_v1c(**kwargs) -> EncNet:
+    """EncNet on mmsegmentation's ResNetV1c-101. Arguments as :func:`encnet_resnet50`."""
+    return _encnet("resnet101_v1c", **kwargs)
 
 
 _BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
-    "fcn": {"resnet50": fcn_resnet50, "resnet101": fcn_resnet101, "small": fcn_small},
-    "encnet": {"resnet50": encnet_resnet50, "resnet101": encnet_resnet101, "small": encnet_small},
+    "fcn": {
+        "resnet50": fcn_resnet50, "resnet101": fcn_resnet101, "resnet50s": fcn_resnet50s,
+        "resnet101s": fcn_resnet101s, "resnet50_v1c": fcn_resnet50_v1c,
+        "resnet101_v1c": fcn_resnet101_v1c, "small": fcn_small,
+    },
+    "encnet": {
+        "resnet50": encnet_resnet50, "resnet101": encnet_resnet101, "resnet50s": encnet_resnet50s,
+        "resnet101s": encnet_resnet101s, "resnet50_v1c": encnet_resnet50_v1c,
+        "resnet101_v1c": encnet_resnet101_v1c, "small": encnet_small,
+    },
 }
 MODELS = tuple(_BUILDERS)
 """The model names :func:`build_model` accepts."""
@@ -345,8 +327,9 @@ MODELS = tuple(_BUILDERS)
 def build_model(model: str, backbone: str, **kwargs) -> nn.Module:
     """``build_model("encnet", "resnet50", num_classes=150)`` = ``encnet_resnet50(num_classes=150)``.
 
-    ``model`` is "fcn" or "encnet", ``backbone`` "resnet50", "resnet101" or
-    "small"; ``kwargs`` go to the builder.
+    ``model`` is "fcn" or "encnet", ``backbone`` one of
+    :data:`encnet.models.STAGE_CHANNELS` ("resnet50", "resnet50s", "resnet50_v1c",
+    their 101-layer versions, "small"); ``kwargs`` go to the builder.
     """
     if model not in _BUILDERS:
         raise ValueError(f"unknown model {model!r}; valid models: {', '.join(_BUILDERS)}")
