@@ -1,10 +1,12 @@
-"""Command line: ``python -m encnet train | evaluate | sweep`` (also installed as ``encnet``).
+"""Command line: ``python -m encnet train | evaluate | predict | sweep`` (also installed as ``encnet``).
 
     encnet train --preset synthetic-quick --out runs/quick
     encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
     encnet train --resume runs/quick/checkpoint.pt
     torchrun --nproc_per_node=8 -m encnet train --preset ade20k-encnet-r50 --data-root /data/ADEChallengeData2016
     encnet evaluate runs/quick/checkpoint.pt --ms --predictions runs/quick/predictions
+    encnet evaluate --weights encnet_resnet50s_ade --dataset ade20k --data-root /data/ADEChallengeData2016 --ms
+    encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
     encnet sweep --preset synthetic --alphas 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
@@ -20,10 +22,13 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from . import engine
+from . import engine, inference
 from .checkpoint import check_compatible, load_checkpoint
 from .config import BACKBONES, DATASETS, MODELS, PRESETS, TrainConfig, preset
+from .data import DATASETS as DATASET_CLASSES
+from .data import voc_colormap
 from .inference import MULTI_SCALES
+from .models import load_weights, zoo
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="checkpoint.pt to continue from (its settings are the default)")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on a dataset split")
-    evaluate.add_argument("checkpoint", help="checkpoint.pt written by `encnet train`")
+    evaluate.add_argument("checkpoint", nargs="?", help="checkpoint.pt written by `encnet train`")
+    evaluate.add_argument("--weights", help="instead of a training checkpoint: a published name (see "
+                          "`encnet.models.zoo`) or a checkpoint file of PyTorch-Encoding or mmsegmentation, "
+                          "scored with its publisher's test protocol")
+    evaluate.add_argument("--base-size", type=int, help="with --weights: override the protocol's base size")
     evaluate.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     evaluate.add_argument("--data-root", help="default: the checkpoint's")
     evaluate.add_argument("--split", default="val")
@@ -74,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", help="folder for palette PNGs of the predictions")
     evaluate.add_argument("--out", help="JSON file for the metrics (default: print only)")
     evaluate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    predict = commands.add_parser("predict", help="segment photos with published or trained weights")
+    predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    predict.add_argument("--weights", required=True, help="a published name or a checkpoint file")
+    predict.add_argument("--out", required=True, help="folder for <image>_labels.png, <image>_overlay.png, <image>.json")
+    predict.add_argument("--ms", action="store_true", help="the publisher's multi-scale + flip test")
+    predict.add_argument("--device", default="auto")
 
     sweep = commands.add_parser("sweep", help="SE-loss weight sweep, one JSON file", argument_default=argparse.SUPPRESS)
     _add_run_flags(sweep)
@@ -108,7 +124,66 @@ def _run_train(args: argparse.Namespace) -> None:
               f"  -> {result['config']['out']}")
 
 
+def _protocol(model, entry, args: argparse.Namespace) -> zoo.Protocol:
+    """The publisher's test protocol, with --crop-size / --base-size overriding it."""
+    protocol = entry.protocol if entry is not None else _PROTOCOLS.get(model.publisher, zoo.Protocol())
+    overrides = {name: getattr(args, name) for name in ("crop_size", "base_size") if getattr(args, name, None)}
+    return dataclasses.replace(protocol, **overrides)
+
+
+_PROTOCOLS = {"PyTorch-Encoding": zoo.REFERENCE, "mmsegmentation": zoo.MMSEG_ADE20K}
+
+
+def _evaluate_weights(args: argparse.Namespace) -> None:
+    rank, _, device = engine.setup_process(args.device)
+    model, entry = load_weights(args.weights)
+    name = args.dataset or (entry.dataset if entry is not None else None)
+    if name is None:
+        raise ValueError(f"pass --dataset: {args.weights!r} is not a published name that says its dataset")
+    dataset = engine.whole_images(name, args.split, root=args.data_root, options={})
+    if model.num_classes != dataset.num_classes:
+        raise ValueError(f"the weights predict {model.num_classes} classes but {name} has {dataset.num_classes}; "
+                         "pass the dataset the weights were trained on")
+    protocol = _protocol(model, entry, args)
+    metrics = engine.evaluate(model.to(device), dataset, protocol=protocol, ms=args.ms, batch_size=1,
+                              workers=args.workers, predictions=args.predictions, progress=args.progress)
+    if rank == 0:
+        if args.out:
+            engine.write_json(args.out, {**metrics, "classes": list(dataset.classes), "weights": args.weights,
+                                         "split": args.split, "ms": args.ms, "protocol": dataclasses.asdict(protocol)})
+        print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
+        if entry is not None:
+            suffix = "_ms" if args.ms else ""
+            published = {key: entry.figures[key + suffix] for key in ("pixAcc", "mIoU") if key + suffix in entry.figures}
+            print(f"published by {entry.publisher} ({'ms + flip' if args.ms else 'single scale'}): "
+                  + ("  ".join(f"{key} {value:.2f}" for key, value in published.items()) or "no figure"))
+
+
+def _run_predict(args: argparse.Namespace) -> None:
+    _, _, device = engine.setup_process(args.device)
+    model, entry = load_weights(args.weights)
+    model.to(device)
+    classes = entry.classes if entry is not None else model.classes
+    classes = classes or tuple(f"class {index}" for index in range(model.num_classes))
+    palette = entry.palette if entry is not None else next(
+        (d.palette for d in DATASET_CLASSES.values() if d.classes == classes), voc_colormap(len(classes)))
+    protocol = _protocol(model, entry, args)
+    for image in args.images:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"no image at {image!r}; pass image files (JPEG, PNG, ...)")
+        result = inference.segment(model, image, protocol=protocol, ms=args.ms)
+        record = inference.save_segmentation(result, image, args.out, Path(image).stem, classes=classes,
+                                             palette=palette, extra={"image": image, "weights": args.weights})
+        top = ", ".join(f"{row['class']} {row['probability']:.2f}" for row in record["se_top10"][:5])
+        print(f"{image} -> {Path(args.out) / Path(image).stem}_labels.png" + (f"  (SE: {top})" if top else ""))
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
+    if args.weights is not None:
+        _evaluate_weights(args)
+        return
+    if args.checkpoint is None:
+        raise ValueError("pass a checkpoint.pt written by `encnet train`, or --weights NAME|PATH")
     rank, _, device = engine.setup_process(args.device)
     model, config, checkpoint = engine.load_trained(args.checkpoint, device=device)
     name = args.dataset or config.dataset
@@ -146,7 +221,7 @@ def _is_rank_zero() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    run = {"train": _run_train, "evaluate": _run_evaluate, "sweep": _run_sweep}[args.command]
+    run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "sweep": _run_sweep}[args.command]
     try:
         run(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:

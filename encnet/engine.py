@@ -54,7 +54,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -72,11 +71,12 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import DATASETS, build_dataset, transforms
-from .inference import predict
+from .inference import predict, predict_protocol
 from .losses import EncNetLoss
 from .metrics import SegmentationMetric
 from .models import build_model
 from .nn import convert_sync_batchnorm, revert_sync_batchnorm
+from .viz import save_palette_png
 
 # Settings that may change when a run is resumed: where it runs, not what it computes.
 RESUMABLE_CHANGES = ("data_root", "workers", "device", "eval_every", "out", "resume")
@@ -197,9 +197,11 @@ def evaluate(
     model: nn.Module,
     dataset: Dataset,
     *,
-    crop_size: int,
+    crop_size: int | None = None,
     scales: tuple[float, ...] = (1.0,),
     flip: bool = False,
+    protocol: Any = None,
+    ms: bool = False,
     batch_size: int = 1,
     workers: int = 0,
     predictions: str | os.PathLike | None = None,
@@ -211,7 +213,9 @@ def evaluate(
     ``crop_size``; ``scales`` and ``flip`` for the multi-scale test). Under a
     process group every rank scores every N-th image and the confusion
     matrices are summed. ``predictions``: a folder for one palette PNG per
-    image, ``{index:05d}.png``, colours from ``dataset.palette``.
+    image, ``{index:05d}.png``, colours from ``dataset.palette``. ``protocol`` (a
+    published checkpoint's :class:`encnet.models.zoo.Protocol`, with ``ms`` for its
+    multi-scale test) replaces ``crop_size``, ``scales`` and ``flip``.
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if len(dataset) < world:
@@ -228,22 +232,19 @@ def evaluate(
     model.eval()
     seen = 0
     for images, masks in tqdm(loader, desc="evaluate", leave=False, disable=not _show_progress(progress, rank)):
-        labels = predict(model, images.to(device), crop_size=crop_size, scales=scales, flip=flip).argmax(1)
+        images = images.to(device)
+        if protocol is not None:
+            labels = predict_protocol(model, images, protocol, ms=ms).argmax(1)
+        else:
+            labels = predict(model, images, crop_size=crop_size, scales=scales, flip=flip).argmax(1)
         metric.update(labels, masks.to(device))
         if predictions is not None:
             for label in labels.cpu():
-                _save_palette_png(Path(predictions) / f"{indices[seen]:05d}.png", label, dataset.palette)
+                save_palette_png(Path(predictions) / f"{indices[seen]:05d}.png", label, dataset.palette)
                 seen += 1
     if world > 1:
         metric.all_reduce()
     return metric.compute()
-
-
-def _save_palette_png(path: Path, labels: Tensor, palette: Any) -> None:
-    """(H, W) labels -> an 8-bit palette PNG: the labels as pixel values, ``palette`` as their colours."""
-    image = Image.fromarray(labels.numpy().astype(np.uint8), mode="P")
-    image.putpalette([channel for colour in palette for channel in colour])
-    image.save(path)
 
 
 def whole_images(name: str, split: str, *, root: str | None, options: dict[str, Any]) -> Dataset:

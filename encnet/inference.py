@@ -22,11 +22,17 @@ where ``V`` is the set of (scale, flip) views.
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Callable
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -200,3 +206,94 @@ def predict_protocol(model: nn.Module, images: Tensor, protocol: Any, *, ms: boo
             scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=protocol.align_corners)
             total = scores if total is None else total + scores
     return total / total.sum(1, keepdim=True)
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` returns for one image of H x W pixels and K classes.
+
+    Attributes:
+        labels: (H, W) int64, the predicted class of every pixel.
+        se: (K,) the SE branch's probability that each class is in the image
+            (sigmoid of ``"se"``), or None for a model without the branch.
+        gamma: (C,) the Context Encoding Module's channel attention, or None (FCN).
+    """
+
+    labels: Tensor
+    se: Tensor | None
+    gamma: Tensor | None
+
+    def top_classes(self, classes: Sequence[str], k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` classes the SE branch finds most probable, with their probabilities."""
+        if self.se is None:
+            return []
+        values, indices = self.se.topk(min(k, self.se.numel()))
+        return [(classes[i], round(v, 4)) for v, i in zip(values.tolist(), indices.tolist())]
+
+    def pixel_shares(self, classes: Sequence[str], k: int = 10) -> list[tuple[str, float]]:
+        """The ``k`` classes covering most pixels, with their share of the image."""
+        counts = torch.bincount(self.labels.flatten(), minlength=len(classes)).double()
+        values, indices = (counts / counts.sum()).topk(min(k, len(classes)))
+        return [(classes[i], round(v, 4)) for v, i in zip(values.tolist(), indices.tolist()) if v > 0]
+
+
+def to_model_input(image: Any) -> Tensor:
+    """A PIL image, a file path or a uint8 (3, H, W) tensor -> a normalised float (1, 3, H, W) tensor."""
+    if isinstance(image, (str, os.PathLike)):
+        from .data.folder import read_image
+
+        image = read_image(Path(image))
+    if isinstance(image, Image.Image):
+        image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.size(0) != 3 or image.dtype != torch.uint8:
+        raise ValueError("expected an RGB image: a PIL image, a path, or a uint8 (3, H, W) tensor")
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return ((image.float() / 255 - mean) / std)[None]
+
+
+@torch.no_grad()
+def segment(model: nn.Module, image: Any, *, protocol: Any = None, ms: bool = False) -> Segmentation:
+    """Segment one image with ``model`` (in eval mode) under a publisher's test ``protocol``.
+
+    ``image``: see :func:`to_model_input`. ``protocol``: an
+    :class:`encnet.models.zoo.Protocol` (a published entry's ``protocol``); None
+    runs the whole image at its own size. The SE probabilities and gamma come
+    from one pass over the whole image at the protocol's single scale.
+    """
+    from .models.zoo import Protocol
+
+    protocol = protocol or Protocol()
+    x = to_model_input(image).to(next(model.parameters()).device)
+    labels = predict_protocol(model, x, protocol, ms=ms).argmax(1)[0].cpu()
+    view = F.interpolate(x, size=_view_size(*x.shape[-2:], protocol, 1.0), mode="bilinear",
+                         align_corners=protocol.align_corners)
+    outputs = model(view)
+    encoding = getattr(getattr(model, "head", None), "encoding", None)
+    gamma = encoding.gamma[0].cpu() if encoding is not None and encoding.gamma is not None else None
+    return Segmentation(labels, outputs["se"][0].sigmoid().cpu() if "se" in outputs else None, gamma)
+
+
+def save_segmentation(result: Segmentation, image: Any, out: str | os.PathLike, stem: str, *,
+                      classes: Sequence[str], palette: Sequence[Sequence[int]], extra: dict | None = None) -> dict:
+    """Write ``<stem>_labels.png`` (palette PNG), ``<stem>_overlay.png`` and ``<stem>.json`` into ``out``.
+
+    The JSON holds the SE branch's 10 most probable classes, the 10 classes
+    covering most pixels, and ``extra``. Returns the JSON's content.
+    """
+    from .viz import colorize, save_palette_png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_palette_png(out / f"{stem}_labels.png", result.labels, palette)
+    rgb = (to_model_input(image)[0] * torch.tensor(IMAGENET_STD)[:, None, None]
+           + torch.tensor(IMAGENET_MEAN)[:, None, None]).permute(1, 2, 0).numpy()
+    blend = 0.5 * rgb + 0.5 * colorize(result.labels, palette) / 255.0
+    Image.fromarray((blend.clip(0, 1) * 255 + 0.5).astype(np.uint8)).save(out / f"{stem}_overlay.png")
+    record = {
+        **(extra or {}),
+        "size": list(result.labels.shape),
+        "se_top10": [{"class": name, "probability": p} for name, p in result.top_classes(classes)],
+        "pixels_top10": [{"class": name, "share": share} for name, share in result.pixel_shares(classes)],
+    }
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record

@@ -72,3 +72,12 @@ def palette_legend(classes: Sequence[str], palette: Sequence[Sequence[int]], *, 
     ax.axis("off")  # an empty, hidden axes: inline backends do not draw a figure without axes
     ax.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=8)
     return fig
+
+
+def save_palette_png(path, labels: Tensor | np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """(H, W) labels -> an 8-bit palette PNG: the labels as pixel values, ``palette`` as their colours."""
+    from PIL import Image
+
+    image = Image.fromarray(torch.as_tensor(labels).cpu().numpy().astype(np.uint8), mode="P")
+    image.putpalette([channel for colour in palette for channel in colour])
+    image.save(path)

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import FORMAT, CheckpointError
+from ..data import DATASETS
 from .files import read_file
 from .segmentation import build_model
 from .zoo import PUBLISHED, Published
@@ -250,7 +251,10 @@ def from_checkpoint(
 
     The model returns ``{"out", "aux"?, "se"?}`` like every encnet model, upsampled
     with the publisher's ``align_corners`` (True for PyTorch-Encoding). Its
-    ``publisher`` attribute names whose layout the file had.
+    ``publisher`` attribute names whose layout the file had, ``num_classes`` its
+    class count; ``classes`` are the
+    class names (an encnet checkpoint's own, else those of the dataset with
+    that many classes: ADE20K 150, PASCAL-Context 59, VOC 21; None otherwise).
     """
     source = "the given state dict" if isinstance(path_or_state, dict) else repr(str(path_or_state))
     checkpoint = path_or_state if isinstance(path_or_state, dict) else read_file(
@@ -266,7 +270,9 @@ def from_checkpoint(
     model = build_model(options.pop("model"), options.pop("backbone"), **options,
                         align_corners=layout == "reference")
     load_strict(model, state, source)
-    model.publisher = PUBLISHERS[layout]
+    model.publisher, model.num_classes = PUBLISHERS[layout], options["num_classes"]
+    model.classes = tuple(checkpoint["classes"]) if layout == "encnet" and "classes" in checkpoint else next(
+        (dataset.classes for dataset in DATASETS.values() if dataset.num_classes == options["num_classes"]), None)
     return model.eval()
 
 

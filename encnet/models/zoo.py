@@ -143,7 +143,7 @@ class Published:
             )
 
 
-class WeightsNotCached(RuntimeError):
+class WeightsNotCached(FileNotFoundError):
     """Published weights that are neither in the cache nor downloadable (offline)."""
 
 
