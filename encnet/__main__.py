@@ -1,4 +1,4 @@
-"""Command line: ``python -m encnet train | evaluate | predict | sweep`` (also installed as ``encnet``).
+"""Command line: ``python -m encnet train | evaluate | predict | fetch | sweep`` (also installed as ``encnet``).
 
     encnet train --preset synthetic-quick --out runs/quick
     encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
@@ -7,6 +7,7 @@
     encnet evaluate runs/quick/checkpoint.pt --ms --predictions runs/quick/predictions
     encnet evaluate --weights encnet_resnet50s_ade --dataset ade20k --data-root /data/ADEChallengeData2016 --ms
     encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
+    encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
     encnet sweep --preset synthetic --alphas 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
@@ -90,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="folder for <image>_labels.png, <image>_overlay.png, <image>.json")
     predict.add_argument("--ms", action="store_true", help="the publisher's multi-scale + flip test")
     predict.add_argument("--device", default="auto")
+
+    fetch = commands.add_parser("fetch", help="download published weights into torch hub's cache")
+    fetch.add_argument("names", nargs="+", choices=list(zoo.PUBLISHED), metavar="NAME",
+                       help=f"published weights: {', '.join(zoo.PUBLISHED)}")
 
     sweep = commands.add_parser("sweep", help="SE-loss weight sweep, one JSON file", argument_default=argparse.SUPPRESS)
     _add_run_flags(sweep)
@@ -178,6 +183,11 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"{image} -> {Path(args.out) / Path(image).stem}_labels.png" + (f"  (SE: {top})" if top else ""))
 
 
+def _run_fetch(args: argparse.Namespace) -> None:
+    for name in args.names:
+        print(f"{name}: {zoo.get(name).fetch()}")
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
     if args.weights is not None:
         _evaluate_weights(args)
@@ -221,7 +231,8 @@ def _is_rank_zero() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "sweep": _run_sweep}[args.command]
+    run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "fetch": _run_fetch,
+           "sweep": _run_sweep}[args.command]
     try:
         run(args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
