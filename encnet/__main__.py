@@ -48,6 +48,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag("--seed", type=int)
     flag("--device", help='"auto" (default), "cpu", "cuda" or "cuda:N"')
     flag("--eval-every", type=int, help="evaluate every this many epochs")
+    flag("--max-loss", type=float, help="stop (diverged) when a batch's loss exceeds this (default 100)")
     flag("--progress", action=argparse.BooleanOptionalAction, default=None,
          help="tqdm progress bars (default: when standard error is a terminal)")
 
@@ -93,7 +94,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = _overrides(args)
     if "resume" in args:
         start = preset(args.preset) if "preset" in args else TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
-        out = args.out if "out" in args else start.out or str(Path(args.resume).parent)
+        out = args.out if "out" in args else str(Path(args.resume).parent)  # the run's own folder, even if copied
         return dataclasses.replace(start, **overrides, resume=args.resume, out=out)
     if "preset" not in args:
         raise ValueError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
