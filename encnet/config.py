@@ -56,6 +56,11 @@ class TrainConfig:
         seed: seeds the model's initialisation, the data order and the augmentation.
         device: "auto" (the rank's GPU if there is one, else CPU), "cpu", "cuda" or "cuda:N".
         eval_every: evaluate on the validation split every this many epochs (and after the last).
+        max_loss: training stops (diverged) when a global batch's loss exceeds this. The
+            loss starts near ``1.2 ln K + 0.2 ln 2`` (CE and aux CE over K classes, SE-loss):
+            3.5 for the 17 synthetic classes, 6.2 for ADE20K's 150, and only falls from
+            there; 100 is 16x the largest, reached only by logits ~100 apart, i.e. a run
+            that diverged (``--lr 20`` on synthetic-quick passes it at its 2nd iteration).
         out: folder for checkpoint.pt, log.jsonl and metrics.json; None writes nothing.
         resume: a checkpoint.pt to continue from.
     """
@@ -84,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
+    max_loss: float = 100.0
     out: str | None = None
     resume: str | None = None
 
@@ -95,7 +101,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr", "head_lr_mult"):
+        for name in ("lr", "head_lr_mult", "max_loss"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ("se_weight", "aux_weight", "momentum", "weight_decay", "poly_power"):
