@@ -1,4 +1,4 @@
-"""Command line: ``python -m encnet train | evaluate | sweep`` (also installed as ``encnet``).
+"""Command line: ``python -m encnet train | evaluate | sweep | check-data`` (also installed as ``encnet``).
 
     encnet train --preset synthetic-quick --out runs/quick
     encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
@@ -6,23 +6,32 @@
     torchrun --nproc_per_node=8 -m encnet train --preset ade20k-encnet-r50 --data-root /data/ADEChallengeData2016
     encnet evaluate runs/quick/checkpoint.pt --ms --predictions runs/quick/predictions
     encnet sweep --preset synthetic --alphas 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
+    encnet check-data --dataset ade20k --data-root /data
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
 every command is a thin layer over :mod:`encnet.engine`.
+
+A user error (:class:`encnet.errors.UserError`: a bad setting, file or folder)
+prints one line, ``encnet: error: <what was wrong, what was expected, what to
+do>``, and exits with status 2; ``--debug`` shows its traceback instead. Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
-from . import engine
+from . import data, engine
 from .checkpoint import check_compatible, load_checkpoint
 from .config import BACKBONES, DATASETS, MODELS, PRESETS, TrainConfig, preset
+from .data.check import check_dataset, check_files
+from .errors import UserError, one_line
 from .inference import MULTI_SCALES
 
 
@@ -82,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
     sweep.add_argument("--with-fcn", action="store_true", default=False, help="add an FCN run per seed")
     sweep.add_argument("--out", required=True, help="JSON file with every run's metrics")
+
+    check = commands.add_parser("check-data", help="check every file of a dataset, every mask's labels included")
+    check.add_argument("--dataset", choices=[name for name in DATASETS if name != "synthetic"], required=True)
+    check.add_argument("--data-root", required=True, help="the dataset's folder")
+    check.add_argument("--aug", action="store_true", help="voc: the training set with the SBD masks")
+    check.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of a user error")
     return parser
 
 
@@ -97,25 +117,60 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         out = args.out if "out" in args else str(Path(args.resume).parent)  # the run's own folder, even if copied
         return dataclasses.replace(start, **overrides, resume=args.resume, out=out)
     if "preset" not in args:
-        raise ValueError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
+        raise UserError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
     return dataclasses.replace(preset(args.preset), **overrides, out=args.out if "out" in args else f"runs/{args.preset}")
 
 
+def _check_data_root(config: TrainConfig) -> None:
+    if config.dataset != "synthetic" and config.data_root is None:
+        raise UserError(f"dataset {config.dataset!r} needs its folder: pass --data-root <folder>; data/README.md "
+                        f"gives its layout, `python -m encnet.data.prepare {config.dataset}` downloads it")
+
+
+def _check_output_file(flag: str, path: str) -> None:
+    """Fail now, not after the work, if ``path`` cannot become a file."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path!r} is a folder, but it names the JSON file to write; pass a file path, "
+                        f"e.g. {str(target / 'metrics.json')!r}")
+    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{flag} {path!r} cannot be written: {str(blocking)!r} is a file, not a folder; "
+                        "pass a path in a folder")
+
+
 def _run_train(args: argparse.Namespace) -> None:
-    result = engine.train(_train_config(args), progress=args.progress if "progress" in args else None)
+    config = _train_config(args)
+    _check_data_root(config)
+    result = engine.train(config, progress=args.progress if "progress" in args else None)
     if _is_rank_zero() and result["metrics"] is not None:
         metrics = result["metrics"]
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}"
               f"  -> {result['config']['out']}")
 
 
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    """The numbers of `evaluate`, checked as TrainConfig checks those of `train`; its outputs before the work."""
+    for flag, value, least in (("--crop-size", args.crop_size, 1), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be an integer >= {least}, got {value}")
+    if args.out is not None:
+        _check_output_file("--out", args.out)
+    if args.predictions is not None and Path(args.predictions).exists() and not Path(args.predictions).is_dir():
+        raise UserError(f"--predictions {args.predictions!r} is a file, but it names the folder for the PNGs; "
+                        "pass a folder path")
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
+    _check_evaluate_args(args)
     rank, _, device = engine.setup_process(args.device)
     model, config, checkpoint = engine.load_trained(args.checkpoint, device=device)
     name = args.dataset or config.dataset
     dataset = engine.whole_images(name, args.split, root=args.data_root or config.data_root,
                                   options=config.dataset_options if name == config.dataset else {})
     check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=dataset.num_classes)
+    check_files(dataset, same_size=args.batch_size > 1)
     metrics = engine.evaluate(
         model, dataset, crop_size=args.crop_size or config.crop_size,
         scales=MULTI_SCALES if args.ms else (1.0,), flip=args.ms, batch_size=args.batch_size,
@@ -128,10 +183,32 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
 
 
+def _check_sweep_file(path: str) -> None:
+    """A sweep's --out: a new file, or one that an earlier `encnet sweep` wrote (its shape is checked)."""
+    _check_output_file("--out", path)
+    if not Path(path).is_file():
+        return
+    expected = ('a JSON object {"config": {...}, "alphas": [...], "seeds": [...], "runs": [{"model", '
+                '"se_weight", "seed", ...}, ...]}')
+    try:
+        sweep = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"--out {path!r} is not JSON ({error}); expected {expected} written by `encnet sweep`, "
+                        "or a new file: pass another --out") from None
+    runs = sweep.get("runs") if isinstance(sweep, dict) else None
+    keys = ("model", "se_weight", "seed")
+    if (not isinstance(sweep, dict) or not isinstance(sweep.get("config"), dict) or not isinstance(runs, list)
+            or not all(isinstance(run, dict) and all(key in run for key in keys) for run in runs)):
+        raise UserError(f"--out {path!r} is not a sweep file: expected {expected} written by `encnet sweep`; "
+                        "pass another --out, or delete the file to start over")
+
+
 def _run_sweep(args: argparse.Namespace) -> None:
     if "preset" not in args:
-        raise ValueError(f"give --preset (one of: {', '.join(PRESETS)})")
+        raise UserError(f"give --preset (one of: {', '.join(PRESETS)})")
     config = dataclasses.replace(preset(args.preset), **_overrides(args))
+    _check_data_root(config)
+    _check_sweep_file(args.out)
     result = engine.sweep(config, alphas=args.alphas, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
                           progress=args.progress if "progress" in args else None)
     if _is_rank_zero():
@@ -140,20 +217,45 @@ def _run_sweep(args: argparse.Namespace) -> None:
                   f"pixAcc {run['pixAcc']:.4f}  mIoU {run['mIoU']:.4f}")
 
 
+def _run_check_data(args: argparse.Namespace) -> None:
+    if args.aug and args.dataset != "voc":
+        raise UserError(f"--aug adds the SBD masks to PASCAL VOC; --dataset {args.dataset} has no such option")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    problems, total = [], 0
+    for split in ("train", "val"):
+        options = {"aug": True} if args.aug and split == "train" else {}
+        dataset = data.DATASETS[args.dataset](args.data_root, split, **options)
+        found = check_dataset(dataset, progress=progress)
+        print(f"{args.dataset} {split}: {len(dataset)} image/mask pairs, {len(found)} with problems")
+        problems += found
+        total += len(dataset)
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        raise UserError(f"{len(problems)} of the {total} image/mask pairs of {args.dataset} fail the check "
+                        "(listed above); fix them, or extract or convert them again")
+
+
 def _is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    run = {"train": _run_train, "evaluate": _run_evaluate, "sweep": _run_sweep}[args.command]
+    run = {"train": _run_train, "evaluate": _run_evaluate, "sweep": _run_sweep, "check-data": _run_check_data}
     try:
-        run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
-        where = f" on rank {dist.get_rank()}" if dist.is_initialized() and dist.get_world_size() > 1 else ""
-        print(f"encnet {args.command}: error{where}: {error}", file=sys.stderr)
-        return 1
+        run[args.command](args)
+    except UserError as error:
+        if args.debug:
+            raise
+        where = f" (rank {dist.get_rank()} of {dist.get_world_size()})" if _world_size() > 1 else ""
+        print(f"encnet: error: {one_line(error)}{where}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
