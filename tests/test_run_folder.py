@@ -18,6 +18,7 @@ from encnet import engine
 from encnet.__main__ import _parser, _train_config, main
 from encnet.checkpoint import load_checkpoint, non_finite
 from encnet.config import preset
+from encnet.distributed import spawn
 from encnet.errors import UserError
 from encnet.runs import RunFolder
 
@@ -201,3 +202,18 @@ def test_a_bad_validation_file_is_reported_before_the_first_iteration(tmp_path, 
                                  data_root=str(tmp_path), crop_size=32, base_size=40, batch_size=2, epochs=1)
     with pytest.raises(UserError, match="ADE_val_00000001.png"):
         engine.train(config, progress=False)
+
+
+def _train_on_rank(rank: int, world_size: int, out: str) -> str:
+    """One rank of a 2-rank run into ``out``: the error it stopped with."""
+    try:
+        engine.train(dataclasses.replace(TINY, out=out, device="cpu"), progress=False)
+    except UserError as error:
+        return str(error)
+    return "trained"
+
+
+def test_under_two_ranks_rank_zeros_refusal_stops_every_rank(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")  # only rank 0 looks at the folder; rank 1 must not wait for it
+    errors = spawn(_train_on_rank, 2, str(tmp_path), timeout=60)
+    assert errors[0] == errors[1] and "holds metrics.json of an earlier run" in errors[0]
