@@ -45,13 +45,15 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .errors import UserError
+
 FORMAT = "encnet-checkpoint-2"
 UNCHECKED_FORMAT = "encnet-checkpoint-1"  # written before checksums: loaded without the check
 _REQUIRED = ("format", "config", "num_classes", "classes", "iteration", "model", "optimizer", "scheduler", "rng")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unsafe, unreadable, or for another model."""
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, unsafe, unreadable, corrupted, or for another model."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -152,15 +154,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint written by :func:`save_checkpoint`, refusing anything but plain data.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: the file holds pickled objects other than tensors and
+        CheckpointError: there is no file at ``path``, or it holds pickled objects other than tensors and
             plain containers (nothing of it is run), is not a readable torch file,
             is not an encnet checkpoint, or its contents differ from the checksum
             stored when it was written.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt a training run wrote")
+        raise CheckpointError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt a training run wrote")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{str(path)!r} is not a readable torch checkpoint (torch.save writes a zip archive; "

@@ -154,7 +154,7 @@ def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
 
 
 def test_files_that_are_not_checkpoints_get_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
