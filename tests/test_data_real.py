@@ -97,6 +97,22 @@ def test_ade20k_malformed_trees_and_files_are_named(tmp_path):
         ADE20K(tmp_path, "val")[1]
 
 
+def test_missing_files_are_called_missing_and_masks_of_another_kind_are_named(tmp_path):
+    base = make_ade(tmp_path)
+    (base / "images" / "validation" / "ADE_val_00000001.jpg").unlink()
+    with pytest.raises(UserError, match="1 annotations of .* have no image .*ADE_val_00000001.jpg"):
+        ADE20K(tmp_path, "val")
+    for mode, kind in (("RGB", "a colour image"), ("I;16", "16-bit")):
+        Image.new(mode, (8, 8)).save(base / "annotations" / "training" / "ADE_train_00000001.png")
+        with pytest.raises(UserError, match=rf"ADE_train_00000001.png is mode {mode} \({kind}\), but a mask must"):
+            ADE20K(tmp_path, "train")[0]
+    voc = make_voc(tmp_path / "voc")
+    (voc / "JPEGImages" / "2007_000001.jpg").unlink()
+    with pytest.raises(UserError, match="the image .*2007_000001.jpg does not exist") as error:
+        PascalVOC(tmp_path / "voc", "train")[0]
+    assert "corrupt" not in str(error.value)
+
+
 def test_image_and_mask_of_different_sizes_are_an_error(tmp_path):
     base = make_ade(tmp_path)
     write_image(base / "images" / "validation" / "ADE_val_00000001.jpg", seed=0, size=(8, 9))
