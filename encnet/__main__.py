@@ -240,10 +240,6 @@ def _is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -253,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         if args.debug:
             raise
-        where = f" (rank {dist.get_rank()} of {dist.get_world_size()})" if _world_size() > 1 else ""
+        several = dist.is_initialized() and dist.get_world_size() > 1
+        where = f" (rank {dist.get_rank()} of {dist.get_world_size()})" if several else ""
         print(f"encnet: error: {one_line(error)}{where}", file=sys.stderr)
         return 2
     finally:
