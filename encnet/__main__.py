@@ -1,4 +1,4 @@
-"""Command line: ``python -m encnet train | evaluate | predict | fetch | sweep`` (also installed as ``encnet``).
+"""Command line: ``python -m encnet train | evaluate | predict | fetch | sweep | check-data`` (also installed as ``encnet``).
 
     encnet train --preset synthetic-quick --out runs/quick
     encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
@@ -9,25 +9,33 @@
     encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
     encnet sweep --preset synthetic --alphas 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
+    encnet check-data --dataset ade20k --data-root /data
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
 every command is a thin layer over :mod:`encnet.engine`.
+
+A user error (:class:`encnet.errors.UserError`: a bad setting, file or folder)
+prints one line, ``encnet: error: <what was wrong, what was expected, what to
+do>``, and exits with status 2; ``--debug`` shows its traceback instead. Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import torch.distributed as dist
 
-from . import engine, inference
+from . import data, engine, inference
 from .checkpoint import check_compatible, load_checkpoint
 from .config import BACKBONES, DATASETS, MODELS, PRESETS, TrainConfig, preset
-from .data import DATASETS as DATASET_CLASSES
 from .data import voc_colormap
+from .data.check import check_dataset, check_files
+from .errors import UserError, one_line
 from .inference import MULTI_SCALES
 from .models import load_weights, zoo
 
@@ -54,6 +62,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag("--seed", type=int)
     flag("--device", help='"auto" (default), "cpu", "cuda" or "cuda:N"')
     flag("--eval-every", type=int, help="evaluate every this many epochs")
+    flag("--max-loss", type=float, help="stop (diverged) when a batch's loss exceeds this (default 100)")
     flag("--progress", action=argparse.BooleanOptionalAction, default=None,
          help="tqdm progress bars (default: when standard error is a terminal)")
 
@@ -102,6 +111,17 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
     sweep.add_argument("--with-fcn", action="store_true", default=False, help="add an FCN run per seed")
     sweep.add_argument("--out", required=True, help="JSON file with every run's metrics")
+
+    check = commands.add_parser("check-data", help="check every file of a dataset, every mask's labels included")
+    check.add_argument("--dataset", choices=[name for name in DATASETS if name != "synthetic"], required=True)
+    check.add_argument("--data-root", required=True, help="the dataset's folder")
+    check.add_argument("--aug", action="store_true", help="voc: the training set with the SBD masks")
+    check.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the traceback of a user error")
     return parser
 
 
@@ -114,15 +134,35 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = _overrides(args)
     if "resume" in args:
         start = preset(args.preset) if "preset" in args else TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
-        out = args.out if "out" in args else start.out or str(Path(args.resume).parent)
+        out = args.out if "out" in args else str(Path(args.resume).parent)  # the run's own folder, even if copied
         return dataclasses.replace(start, **overrides, resume=args.resume, out=out)
     if "preset" not in args:
-        raise ValueError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
+        raise UserError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
     return dataclasses.replace(preset(args.preset), **overrides, out=args.out if "out" in args else f"runs/{args.preset}")
 
 
+def _check_data_root(config: TrainConfig) -> None:
+    if config.dataset != "synthetic" and config.data_root is None:
+        raise UserError(f"dataset {config.dataset!r} needs its folder: pass --data-root <folder>; data/README.md "
+                        f"gives its layout, `python -m encnet.data.prepare {config.dataset}` downloads it")
+
+
+def _check_output_file(flag: str, path: str) -> None:
+    """Fail now, not after the work, if ``path`` cannot become a file."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{flag} {path!r} is a folder, but it names the JSON file to write; pass a file path, "
+                        f"e.g. {str(target / 'metrics.json')!r}")
+    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{flag} {path!r} cannot be written: {str(blocking)!r} is a file, not a folder; "
+                        "pass a path in a folder")
+
+
 def _run_train(args: argparse.Namespace) -> None:
-    result = engine.train(_train_config(args), progress=args.progress if "progress" in args else None)
+    config = _train_config(args)
+    _check_data_root(config)
+    result = engine.train(config, progress=args.progress if "progress" in args else None)
     if _is_rank_zero() and result["metrics"] is not None:
         metrics = result["metrics"]
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}"
@@ -144,11 +184,12 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
     model, entry = load_weights(args.weights)
     name = args.dataset or (entry.dataset if entry is not None else None)
     if name is None:
-        raise ValueError(f"pass --dataset: {args.weights!r} is not a published name that says its dataset")
+        raise UserError(f"pass --dataset: {args.weights!r} is not a published name that says its dataset")
     dataset = engine.whole_images(name, args.split, root=args.data_root, options={})
     if model.num_classes != dataset.num_classes:
-        raise ValueError(f"the weights predict {model.num_classes} classes but {name} has {dataset.num_classes}; "
+        raise UserError(f"the weights predict {model.num_classes} classes but {name} has {dataset.num_classes}; "
                          "pass the dataset the weights were trained on")
+    check_files(dataset)
     protocol = _protocol(model, entry, args)
     metrics = engine.evaluate(model.to(device), dataset, protocol=protocol, ms=args.ms, batch_size=1,
                               workers=args.workers, predictions=args.predictions, progress=args.progress)
@@ -171,11 +212,11 @@ def _run_predict(args: argparse.Namespace) -> None:
     classes = entry.classes if entry is not None else model.classes
     classes = classes or tuple(f"class {index}" for index in range(model.num_classes))
     palette = entry.palette if entry is not None else next(
-        (d.palette for d in DATASET_CLASSES.values() if d.classes == classes), voc_colormap(len(classes)))
+        (d.palette for d in data.DATASETS.values() if d.classes == classes), voc_colormap(len(classes)))
     protocol = _protocol(model, entry, args)
     for image in args.images:
         if not Path(image).is_file():
-            raise FileNotFoundError(f"no image at {image!r}; pass image files (JPEG, PNG, ...)")
+            raise UserError(f"no image at {image!r}; pass image files (JPEG, PNG, ...)")
         result = inference.segment(model, image, protocol=protocol, ms=args.ms)
         record = inference.save_segmentation(result, image, args.out, Path(image).stem, classes=classes,
                                              palette=palette, extra={"image": image, "weights": args.weights})
@@ -188,18 +229,33 @@ def _run_fetch(args: argparse.Namespace) -> None:
         print(f"{name}: {zoo.get(name).fetch()}")
 
 
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    """The numbers of `evaluate`, checked as TrainConfig checks those of `train`; its outputs before the work."""
+    for flag, value, least in (("--crop-size", args.crop_size, 1), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be an integer >= {least}, got {value}")
+    if args.out is not None:
+        _check_output_file("--out", args.out)
+    if args.predictions is not None and Path(args.predictions).exists() and not Path(args.predictions).is_dir():
+        raise UserError(f"--predictions {args.predictions!r} is a file, but it names the folder for the PNGs; "
+                        "pass a folder path")
+
+
 def _run_evaluate(args: argparse.Namespace) -> None:
+    _check_evaluate_args(args)
     if args.weights is not None:
         _evaluate_weights(args)
         return
     if args.checkpoint is None:
-        raise ValueError("pass a checkpoint.pt written by `encnet train`, or --weights NAME|PATH")
+        raise UserError("pass a checkpoint.pt written by `encnet train`, or --weights NAME|PATH")
     rank, _, device = engine.setup_process(args.device)
     model, config, checkpoint = engine.load_trained(args.checkpoint, device=device)
     name = args.dataset or config.dataset
     dataset = engine.whole_images(name, args.split, root=args.data_root or config.data_root,
                                   options=config.dataset_options if name == config.dataset else {})
     check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=dataset.num_classes)
+    check_files(dataset, same_size=args.batch_size > 1)
     metrics = engine.evaluate(
         model, dataset, crop_size=args.crop_size or config.crop_size,
         scales=MULTI_SCALES if args.ms else (1.0,), flip=args.ms, batch_size=args.batch_size,
@@ -212,16 +268,57 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
 
 
+def _check_sweep_file(path: str) -> None:
+    """A sweep's --out: a new file, or one that an earlier `encnet sweep` wrote (its shape is checked)."""
+    _check_output_file("--out", path)
+    if not Path(path).is_file():
+        return
+    expected = ('a JSON object {"config": {...}, "alphas": [...], "seeds": [...], "runs": [{"model", '
+                '"se_weight", "seed", ...}, ...]}')
+    try:
+        sweep = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"--out {path!r} is not JSON ({error}); expected {expected} written by `encnet sweep`, "
+                        "or a new file: pass another --out") from None
+    runs = sweep.get("runs") if isinstance(sweep, dict) else None
+    keys = ("model", "se_weight", "seed")
+    if (not isinstance(sweep, dict) or not isinstance(sweep.get("config"), dict) or not isinstance(runs, list)
+            or not all(isinstance(run, dict) and all(key in run for key in keys) for run in runs)):
+        raise UserError(f"--out {path!r} is not a sweep file: expected {expected} written by `encnet sweep`; "
+                        "pass another --out, or delete the file to start over")
+
+
 def _run_sweep(args: argparse.Namespace) -> None:
     if "preset" not in args:
-        raise ValueError(f"give --preset (one of: {', '.join(PRESETS)})")
+        raise UserError(f"give --preset (one of: {', '.join(PRESETS)})")
     config = dataclasses.replace(preset(args.preset), **_overrides(args))
+    _check_data_root(config)
+    _check_sweep_file(args.out)
     result = engine.sweep(config, alphas=args.alphas, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
                           progress=args.progress if "progress" in args else None)
     if _is_rank_zero():
         for run in result["runs"]:
             print(f"{run['model']:>6}  alpha {run['se_weight']:<5g} seed {run['seed']}:  "
                   f"pixAcc {run['pixAcc']:.4f}  mIoU {run['mIoU']:.4f}")
+
+
+def _run_check_data(args: argparse.Namespace) -> None:
+    if args.aug and args.dataset != "voc":
+        raise UserError(f"--aug adds the SBD masks to PASCAL VOC; --dataset {args.dataset} has no such option")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    problems, total = [], 0
+    for split in ("train", "val"):
+        options = {"aug": True} if args.aug and split == "train" else {}
+        dataset = data.DATASETS[args.dataset](args.data_root, split, **options)
+        found = check_dataset(dataset, progress=progress)
+        print(f"{args.dataset} {split}: {len(dataset)} image/mask pairs, {len(found)} with problems")
+        problems += found
+        total += len(dataset)
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        raise UserError(f"{len(problems)} of the {total} image/mask pairs of {args.dataset} fail the check "
+                        "(listed above); fix them, or extract or convert them again")
 
 
 def _is_rank_zero() -> bool:
@@ -232,13 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "fetch": _run_fetch,
-           "sweep": _run_sweep}[args.command]
+           "sweep": _run_sweep, "check-data": _run_check_data}
     try:
-        run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
-        where = f" on rank {dist.get_rank()}" if dist.is_initialized() and dist.get_world_size() > 1 else ""
-        print(f"encnet {args.command}: error{where}: {error}", file=sys.stderr)
-        return 1
+        run[args.command](args)
+    except UserError as error:
+        if args.debug:
+            raise
+        several = dist.is_initialized() and dist.get_world_size() > 1
+        where = f" (rank {dist.get_rank()} of {dist.get_world_size()})" if several else ""
+        print(f"encnet: error: {one_line(error)}{where}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

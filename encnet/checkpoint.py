@@ -1,9 +1,10 @@
-"""Checkpoints you can trust: atomic writes, safe loads, exact resumption.
+"""Checkpoints you can trust: atomic writes, safe loads, checked contents, exact resumption.
 
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python
 containers::
 
-    {"format": "encnet-checkpoint-1",
+    {"format": "encnet-checkpoint-2",
+     "checksum": str,                       # see :func:`checksum`
      "config": TrainConfig.to_dict(),       # the run's settings
      "num_classes": int, "classes": [str],  # the dataset the model was built for
      "iteration": int,                      # optimiser steps taken
@@ -18,6 +19,13 @@ containers::
   which rebuilds tensors and plain containers only. A file that carries any
   other pickled object (the way arbitrary code hides in a pickle) is refused
   with :class:`CheckpointError` before any of it runs.
+- **Checked.** :func:`save_checkpoint` stores the SHA-256 of the contents
+  (every tensor's bytes, dtype and shape, and every plain value, in a fixed
+  order) and :func:`load_checkpoint` recomputes it: a file changed after it was
+  written (a flipped bit on disk, a bad copy) is refused with an error naming
+  it, where ``torch.load`` alone would return the altered weights. A checkpoint
+  holding a NaN or infinite tensor is never written. Files of format
+  ``encnet-checkpoint-1`` (written before checksums) are read without the check.
 - **Exact.** The random states of torch (CPU and CUDA), numpy and Python are
   saved per rank, so a resumed run draws the same dropout masks as an
   uninterrupted one.
@@ -25,23 +33,27 @@ containers::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-FORMAT = "encnet-checkpoint-1"
+from .errors import UserError
+
+FORMAT = "encnet-checkpoint-2"
+UNCHECKED_FORMAT = "encnet-checkpoint-1"  # written before checksums: loaded without the check
 _REQUIRED = ("format", "config", "num_classes", "classes", "iteration", "model", "optimizer", "scheduler", "rng")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unsafe, unreadable, or for another model."""
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, unsafe, unreadable, corrupted, or for another model."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -71,14 +83,64 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(path, leaf) for every tensor and plain value in ``value``, dict keys in sorted order."""
+    if isinstance(value, dict):
+        yield f"{path}{{}}", len(value)
+        for key in sorted(value, key=repr):
+            yield from _leaves(value[key], f"{path}/{key!r}")
+    elif isinstance(value, (list, tuple)):  # torch.load may return either for the other
+        yield f"{path}[]", len(value)
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def checksum(checkpoint: dict[str, Any]) -> str:
+    """SHA-256 (hex) of ``checkpoint`` without its "checksum" entry: every leaf's path, then its bytes.
+
+    A tensor contributes its dtype, shape and raw bytes (moved to the CPU); a
+    plain value (int, float, str, bool, None) its ``repr``, which pickling
+    preserves exactly.
+    """
+    digest = hashlib.sha256()
+    for path, leaf in _leaves({key: value for key, value in checkpoint.items() if key != "checksum"}):
+        if isinstance(leaf, torch.Tensor):
+            tensor = leaf.detach().cpu().contiguous()
+            digest.update(f"{path}:{tensor.dtype}{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        else:
+            digest.update(f"{path}={leaf!r};".encode())
+    return digest.hexdigest()
+
+
+def non_finite(checkpoint: dict[str, Any]) -> list[str]:
+    """Paths of the floating-point tensors in ``checkpoint`` that hold a NaN or an infinity."""
+    return [path for path, leaf in _leaves(checkpoint)
+            if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and not torch.isfinite(leaf).all()]
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``checkpoint`` and its :func:`checksum` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        ValueError: a tensor of ``checkpoint`` is not finite (nothing is written).
+    """
     path = Path(path)
+    bad = non_finite(checkpoint)
+    if bad:
+        raise ValueError(
+            f"refused to write {str(path)!r}: {len(bad)} tensor(s) hold NaN or infinite values "
+            f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); a checkpoint is only written from a finite state"
+        )
+    checkpoint = {"format": FORMAT, **checkpoint}
+    checkpoint["checksum"] = checksum(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            torch.save({"format": FORMAT, **checkpoint}, file)
+            torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)  # mkstemp creates it private (0600)
@@ -92,14 +154,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint written by :func:`save_checkpoint`, refusing anything but plain data.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: the file holds pickled objects other than tensors and
+        CheckpointError: there is no file at ``path``, or it holds pickled objects other than tensors and
             plain containers (nothing of it is run), is not a readable torch file,
-            or is not an encnet checkpoint.
+            is not an encnet checkpoint, or its contents differ from the checksum
+            stored when it was written.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt a training run wrote")
+        raise CheckpointError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt a training run wrote")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{str(path)!r} is not a readable torch checkpoint (torch.save writes a zip archive; "
@@ -120,10 +182,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f"{str(path)!r} is not a readable torch checkpoint ({error})") from None
     missing = [key for key in _REQUIRED if key not in checkpoint] if isinstance(checkpoint, dict) else list(_REQUIRED)
-    if missing or checkpoint["format"] != FORMAT:
+    if missing or checkpoint["format"] not in (FORMAT, UNCHECKED_FORMAT):
         raise CheckpointError(
             f"{str(path)!r} is not an encnet checkpoint (format {FORMAT!r}): missing {missing or ['format']}; "
             "pass the checkpoint.pt written by `encnet train`"
+        )
+    if checkpoint["format"] == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
+        raise CheckpointError(
+            f"{str(path)!r} is corrupted: its contents differ from the checksum stored when it was written "
+            "(the file changed on disk or in a copy); use another copy of it, or an earlier checkpoint"
         )
     return checkpoint
 

@@ -22,10 +22,12 @@ the same recipe on 1 or on 8 GPUs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import data, models
+from .errors import UserError
 
 MODELS = models.MODELS
 BACKBONES = tuple(models.STAGE_CHANNELS)
@@ -58,6 +60,11 @@ class TrainConfig:
         seed: seeds the model's initialisation, the data order and the augmentation.
         device: "auto" (the rank's GPU if there is one, else CPU), "cpu", "cuda" or "cuda:N".
         eval_every: evaluate on the validation split every this many epochs (and after the last).
+        max_loss: training stops (diverged) when a global batch's loss exceeds this. The
+            loss starts near ``1.2 ln K + 0.2 ln 2`` (CE and aux CE over K classes, SE-loss):
+            3.5 for the 17 synthetic classes, 6.2 for ADE20K's 150, and only falls from
+            there; 100 is 16x the largest, reached only by logits ~100 apart, i.e. a run
+            that diverged (``--lr 20`` on synthetic-quick passes it at its 2nd iteration).
         out: folder for checkpoint.pt, log.jsonl and metrics.json; None writes nothing.
         resume: a checkpoint.pt to continue from.
     """
@@ -86,6 +93,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
+    max_loss: float = 100.0
     out: str | None = None
     resume: str | None = None
 
@@ -93,20 +101,21 @@ class TrainConfig:
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("model", self.model, MODELS)
         _check_choice("backbone", self.backbone, BACKBONES)
+        _check_dataset_options(self.dataset, self.dataset_options)
         for name in ("epochs", "batch_size", "crop_size", "base_size", "num_codes", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr", "head_lr_mult"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "head_lr_mult", "max_loss"):  # max_loss may be inf: no bound
+            if not getattr(self, name) > 0 or (name != "max_loss" and not math.isfinite(getattr(self, name))):
+                raise UserError(f"{name} must be a positive number, got {getattr(self, name)!r}")
         for name in ("se_weight", "aux_weight", "momentum", "weight_decay", "poly_power"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise UserError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1) or be None, got {self.dropout!r}")
+            raise UserError(f"dropout must lie in [0, 1) or be None, got {self.dropout!r}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers!r}")
+            raise UserError(f"workers must be >= 0, got {self.workers!r}")
         if self.model == "fcn":
             object.__setattr__(self, "se_weight", 0.0)
 
@@ -120,13 +129,33 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown config fields {unknown}; valid fields: {sorted(names)}")
+            raise UserError(f"unknown config fields {unknown}; valid fields: {sorted(names)}")
         return cls(**values)
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
+        raise UserError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
+
+
+# The dataset_options each dataset takes: what encnet.data.build_dataset passes on to it.
+_DATASET_OPTIONS = {
+    "synthetic": ("train_samples", "val_samples", "image_size", "seed"),
+    "ade20k": (),
+    "pcontext": (),
+    "voc": ("aug",),
+}
+
+
+def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(_DATASET_OPTIONS[dataset]))
+    if unknown:
+        valid = ", ".join(_DATASET_OPTIONS[dataset]) or "none"
+        raise UserError(
+            f"dataset_options {unknown} are not options of the {dataset} dataset (its options: {valid}); they may "
+            f"come with a preset of another dataset: start from a preset of {dataset} rather than changing "
+            "--dataset (`encnet train --help` lists the presets)"
+        )
 
 
 # The synthetic scenes: sizes chosen so that FCN < EncNet < EncNet + SE-loss
@@ -181,5 +210,5 @@ PRESETS: dict[str, TrainConfig] = {
 def preset(name: str) -> TrainConfig:
     """The preset ``name``; an unknown name is an error listing the valid ones."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -1,4 +1,4 @@
-"""Run a function on several local processes joined in a process group.
+r"""Run a function on several local processes joined in a process group.
 
 Multi-GPU training runs one process per GPU; the processes exchange tensors
 through *collectives* (``all_reduce`` and friends) of a process group.
@@ -18,11 +18,24 @@ file next to the notebook); a function defined in a notebook cell, a lambda or
 a nested function cannot be sent. The arguments and return values travel
 pickled. Each process uses one thread (``torch.set_num_threads(1)``) so that
 ``world_size`` processes share the CPU cores instead of fighting over them.
+
+The same module holds what the training engine needs of a process group, so
+that the engine reads the same on 1 process or on N (each helper is the
+identity, or a no-op, without a group):
+
+- :func:`setup_process`: (rank, world size, device) of this process; joins the
+  group ``torchrun`` describes in ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``.
+- :func:`all_reduce_sum`: :math:`\sum_r x_r` over the ranks.
+- :func:`gather_objects`: ``[value of rank 0, value of rank 1, ...]``.
+- :func:`on_rank_zero`: run a function on rank 0 only (the one that owns the
+  files), and give its value, or raise its error, on every rank, so that no
+  rank is left waiting in a collective.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import pickle
 import socket
 import sys
@@ -33,11 +46,83 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import Tensor
 
-__all__ = ["spawn"]
+from .errors import UserError
+
+__all__ = ["all_reduce_sum", "gather_objects", "on_rank_zero", "setup_process", "spawn"]
 
 # After one rank fails, how long the others get to report before they are stopped.
 _GRACE_SECONDS = 5.0
+
+
+def setup_process(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the torchrun process group if there is one.
+
+    ``device``: "auto" (this rank's GPU, ``LOCAL_RANK`` modulo the GPU count, if
+    CUDA is available, else the CPU), "cpu", "cuda" or "cuda:N". The group's
+    backend is NCCL on GPUs and gloo on CPUs.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        device = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; pass auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {str(device)!r} asks for a GPU, but CUDA is not available here; "
+                        "pass --device cpu (or auto)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    return 0, 1, device
+
+
+def all_reduce_sum(values: Tensor) -> Tensor:
+    r""":math:`\sum_r` ``values`` of rank r, on every rank (a new tensor; ``values`` itself without a group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]`` on every rank (``[value]`` without a group)."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def on_rank_zero(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on rank 0 only; its value on rank 0 (None elsewhere), its exception raised on every rank.
+
+    For the steps only rank 0 takes (it owns the files) but whose failure must
+    stop every rank: the others would otherwise wait for ever in the next
+    collective. The other ranks raise the same exception class with the same
+    message.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fn()
+    value, failure = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            value = fn()
+        except Exception as error:
+            failure = [(type(error), str(error))]
+            dist.broadcast_object_list(failure, src=0)
+            raise
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        kind, message = failure[0]
+        raise kind(message)
+    return value
 
 
 def spawn(

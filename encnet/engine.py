@@ -5,12 +5,22 @@
     result = train(preset("synthetic-quick"))    # no files written (out=None)
     result["metrics"]["mIoU"], result["history"], result["losses"]
 
+:func:`train` reads top to bottom as its four steps: :func:`_prepare` the run
+(process group, data, model, optimiser, resume), then per epoch
+:func:`_train_epoch` (of :func:`_train_step` s), :func:`_evaluate_epoch` every
+``eval_every`` epochs, and :func:`_save` (checkpoint, then log record). The
+run's state travels in one :class:`Run`; its files are owned by one
+:class:`encnet.runs.RunFolder` (lock, atomic writes, the rules that keep an
+earlier run's files safe); process setup and collectives are in
+:mod:`encnet.distributed`, the data wrappers in :mod:`encnet.data.wrappers`.
+
 The same function runs under ``torchrun --nproc_per_node=N -m encnet train ...``:
-it reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``, joins the process group
-(NCCL on GPUs, gloo on CPUs), converts every batch norm to
-:class:`encnet.nn.SyncBatchNorm`, wraps the model in DistributedDataParallel and
-gives each rank ``batch_size / N`` images of every global batch. Only rank 0
-writes files and shows progress.
+it joins the process group (NCCL on GPUs, gloo on CPUs), converts every batch
+norm to :class:`encnet.nn.SyncBatchNorm`, wraps the model in
+DistributedDataParallel and gives each rank ``batch_size / N`` images of every
+global batch. The cross-entropy is the mean over the labelled pixels of the
+*global* batch (:mod:`encnet.losses`), so N ranks compute one process's
+gradient, up to float rounding. Only rank 0 writes files and shows progress.
 
 Determinism. Each epoch's order of samples is a permutation drawn from
 ``(seed, epoch)`` (DistributedSampler), and each sample's augmentation is drawn
@@ -19,21 +29,18 @@ Neither depends on the number of workers or ranks, nor on where a run was
 resumed: the global batch at iteration ``t`` is the same images, augmented the
 same way, on 1 process or on 8. What remains random is dropout, whose stream is
 seeded per rank and saved in the checkpoints; on CPU a resumed run repeats the
-uninterrupted one's losses exactly. (DistributedDataParallel averages the
-ranks' losses, each a mean over its own labelled pixels: when the ranks' shares
-of ignored pixels differ, this weights pixels slightly differently from one
-process's mean over the whole batch, as in the reference implementation.)
+uninterrupted one's losses exactly.
+
+Divergence. Training stops with :class:`Diverged` (the message names the
+iteration and the last good checkpoint) when the loss is not finite or exceeds
+``config.max_loss`` (before the weights are updated with it), or when a
+parameter or buffer (batch norm running statistics included) is not finite
+after an update. No checkpoint with a non-finite tensor is ever written.
 
 Evaluation. During training the validation split is scored as the data loader
 gives it (``build_dataset``'s central crop, the reference's quick check);
 :func:`evaluate` on :func:`whole_images` scores every pixel of the full images,
 single- or multi-scale (``encnet evaluate``).
-
-Files under ``config.out`` (rank 0 only):
-``checkpoint.pt`` (after every epoch, written atomically, see :mod:`encnet.checkpoint`),
-``log.jsonl`` (one JSON record per evaluation) and ``metrics.json`` (the last
-evaluation, with per-class IoU; NaN, for a class absent from both the ground
-truth and the predictions, is written as null).
 
 Progress: ``progress=None`` shows tqdm bars when standard error is a terminal
 (so notebooks and log files stay clean); True or False forces it.
@@ -41,6 +48,7 @@ Progress: ``progress=None`` shows tqdm bars when standard error is a terminal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,8 +56,9 @@ import os
 import random
 import sys
 import time
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
@@ -57,52 +66,33 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    CheckpointError,
-    check_compatible,
-    load_checkpoint,
-    load_model_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, load_model_state, rng_state, set_rng_state
 from .config import TrainConfig
-from .data import DATASETS, build_dataset, transforms
+from .data import build_dataset
+from .data.check import check_files
+from .data.wrappers import KeyedAugmentation, whole_images
+from .distributed import all_reduce_sum, gather_objects, on_rank_zero, setup_process
+from .errors import UserError
 from .inference import predict, predict_protocol
-from .losses import EncNetLoss
+from .losses import EncNetLoss, global_labelled
 from .metrics import SegmentationMetric
 from .models import build_model
 from .nn import convert_sync_batchnorm, revert_sync_batchnorm
+from .runs import RunFolder, write_json
 from .viz import save_palette_png
 
-# Settings that may change when a run is resumed: where it runs, not what it computes.
-RESUMABLE_CHANGES = ("data_root", "workers", "device", "eval_every", "out", "resume")
+# The commands reach these through the engine: encnet.engine.whole_images, .setup_process, .write_json.
+__all__ = ["Diverged", "KeyedAugmentation", "Run", "build", "evaluate", "load_trained", "param_groups", "poly",
+           "setup_process", "sweep", "train", "whole_images", "write_json"]
+
+# Settings that may change when a run is resumed: where it runs and what stops it, not what it computes.
+RESUMABLE_CHANGES = ("data_root", "workers", "device", "eval_every", "out", "resume", "max_loss")
 
 
-class KeyedAugmentation(Dataset):
-    """``dataset[(epoch, index)]``: sample ``index`` augmented with random draws seeded by ``(seed, epoch, index)``.
-
-    The dataset's random transforms draw from torch's global generator; here it
-    is re-seeded for each sample (and restored afterwards), so an augmentation
-    depends on nothing but the key: not on the worker process, the rank, or the
-    samples loaded before it.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        sample_seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.dataset[index]
+class Diverged(UserError, FloatingPointError):
+    """Training diverged: a loss that is not finite or above ``max_loss``, or a non-finite parameter or buffer."""
 
 
 def poly(iteration: int, total: int, power: float) -> float:
@@ -142,55 +132,6 @@ def load_trained(path: str | os.PathLike, *, device: str | torch.device = "cpu")
     model = build(config, checkpoint["num_classes"], pretrained=False)
     load_model_state(model, checkpoint["model"])
     return model.to(device).eval(), config, checkpoint
-
-
-def setup_process(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; joins the torchrun process group if there is one."""
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} asked for, but CUDA is not available; pass --device cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    return 0, 1, device
-
-
-def _show_progress(progress: bool | None, rank: int) -> bool:
-    return rank == 0 and (sys.stderr.isatty() if progress is None else progress)
-
-
-def _global_mean(values: Tensor, world: int) -> Tensor:
-    if world > 1:
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= world
-    return values
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities become None (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as JSON atomically (temporary file, then rename); NaN becomes null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(_json_safe(value), indent=1) + "\n")
-    os.replace(temporary, path)
 
 
 def evaluate(
@@ -247,69 +188,50 @@ def evaluate(
     return metric.compute()
 
 
-def whole_images(name: str, split: str, *, root: str | None, options: dict[str, Any]) -> Dataset:
-    """``split`` of dataset ``name`` as whole images, normalised and nothing else, for :func:`evaluate`.
+@dataclasses.dataclass
+class Run:
+    """What a training run carries from one step to the next (built by :func:`_prepare`)."""
 
-    ``build_dataset``'s validation view is a central crop, for quick checks
-    during training; the evaluation scores every pixel of the images.
-    ``options`` go to the dataset class (see ``encnet.data.build_dataset``).
-    """
-    if name == "synthetic":  # rendered at its final size and normalised: nothing to crop
-        return build_dataset(name, split, **options)
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs its folder: pass --data-root")
-    return DATASETS[name](root, split, transforms=v2.Compose(transforms.to_normalised_tensors()), **options)
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    train_set: Dataset
+    val_set: Dataset
+    model: nn.Module  # the module itself: what is saved and evaluated
+    net: nn.Module  # what is trained: ``model``, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: DistributedSampler
+    folder: RunFolder | None  # rank 0 with config.out set; None elsewhere
+    progress: bool | None
+    criterion: EncNetLoss = dataclasses.field(init=False)
+    part_names: list[str] = dataclasses.field(init=False)
+    augmented: KeyedAugmentation = dataclasses.field(init=False)
+    loader_generator: torch.Generator = dataclasses.field(init=False)
+    iteration: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    losses: list[float] = dataclasses.field(default_factory=list)
+    saved: str | None = None  # the last good checkpoint: path and iteration, for messages
 
+    def __post_init__(self) -> None:
+        config = self.config
+        self.criterion = EncNetLoss(se_weight=config.se_weight, aux_weight=config.aux_weight)
+        self.part_names = ["out"] + ["aux"] * (config.aux_weight > 0) + ["se"] * (config.se_weight > 0)
+        self.augmented = KeyedAugmentation(self.train_set, config.seed)
+        self.loader_generator = torch.Generator().manual_seed(config.seed)
 
-def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    options = {"root": config.data_root, "crop_size": config.crop_size, "base_size": config.base_size}
-    return tuple(build_dataset(config.dataset, split, **options, **config.dataset_options) for split in ("train", "val"))
+    @property
+    def rank_batch(self) -> int:
+        return self.config.batch_size // self.world
 
+    @property
+    def iterations_per_epoch(self) -> int:
+        return len(self.sampler) // self.rank_batch
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
-    differences = [
-        f"{name}={saved.get(name)!r} (this run: {value!r})"
-        for name, value in config.to_dict().items()
-        if name not in RESUMABLE_CHANGES and saved.get(name) != value
-    ]
-    if differences:
-        raise CheckpointError(
-            f"cannot resume: the checkpoint's run had {', '.join(differences)}; resuming repeats a run "
-            f"exactly, so only {', '.join(RESUMABLE_CHANGES)} may change. Resume with the checkpoint's "
-            "settings (`encnet train --resume` alone takes them), or start a new run"
-        )
-
-
-def _restore(config: TrainConfig, num_classes: int, model: nn.Module, optimizer, scheduler, rank: int,
-             world: int) -> tuple[int, list, list]:
-    """Load ``config.resume`` into the model, optimiser, scheduler and random generators.
-
-    Returns the run so far: (iteration, evaluation history, per-iteration losses).
-    """
-    checkpoint = load_checkpoint(config.resume)
-    check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=num_classes)
-    _check_resumable(checkpoint["config"], config)
-    if len(checkpoint["rng"]) != world:
-        raise CheckpointError(
-            f"the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {world}; "
-            "resume with the same number of processes (their dropout streams are saved per rank)"
-        )
-    load_model_state(model, checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    set_rng_state(checkpoint["rng"][rank])
-    return checkpoint["iteration"], checkpoint["history"], checkpoint["losses"].tolist()
-
-
-def _gather(value: Any, world: int) -> list[Any]:
-    """``[value of rank 0, value of rank 1, ...]`` on every rank."""
-    if world == 1:
-        return [value]
-    values = [None] * world
-    dist.all_gather_object(values, value)
-    return values
+    @property
+    def total(self) -> int:
+        return self.iterations_per_epoch * self.config.epochs
 
 
 def train(config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any]:
@@ -320,133 +242,225 @@ def train(config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any
     its parts, lr, images/s, pixAcc, mIoU, mIoU_all, IoU), ``losses`` the loss of
     every iteration (mean over the global batch), ``metrics`` the last
     evaluation, ``checkpoint`` the path written (None when ``config.out`` is None),
-    ``model`` the trained model (with plain batch norms).
+    ``model`` the trained model (with plain batch norms). ``config.out`` is a
+    run folder (:mod:`encnet.runs`): locked for the run, never another run's.
 
     Raises:
-        FloatingPointError: the loss became NaN or infinite; the message names
-            the iteration. The weights are not updated with it, and the last
-            checkpoint is left as it was.
+        Diverged: (a FloatingPointError) the loss is not finite or above
+            ``config.max_loss``, or a parameter or buffer is not finite; the
+            message names the iteration and the last good checkpoint, which is
+            left as it was.
+        UserError: the folder is in use or holds another run's files, the data
+            fail their check, or the settings cannot run.
     """
     rank, world, device = setup_process(config.device)
+    with _open_folder(config) as folder:
+        run = _prepare(config, rank, world, device, folder, progress)
+        for epoch in range(run.iteration // run.iterations_per_epoch, config.epochs):
+            sums, seconds = _train_epoch(run, epoch)
+            evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+            record = _evaluate_epoch(run, epoch, sums, seconds) if evaluated else None
+            _save(run, record)
+        return _finish(run)
+
+
+def _open_folder(config: TrainConfig) -> ContextManager[RunFolder | None]:
+    """The locked run folder on rank 0 (rules of :mod:`encnet.runs`); nothing elsewhere, or when out=None."""
+    if config.out is None:
+        return contextlib.nullcontext()
+    folder = on_rank_zero(lambda: RunFolder.open(config.out, resume=config.resume))
+    return folder if folder is not None else contextlib.nullcontext()
+
+
+def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, folder: RunFolder | None,
+             progress: bool | None) -> Run:
+    """Seed, check and load the data, build the model and optimiser, restore ``config.resume``."""
     if config.batch_size % world:
-        raise ValueError(
+        raise UserError(
             f"batch_size {config.batch_size} is the global batch and must split evenly over the {world} "
             f"processes; pass a multiple of {world}, e.g. --batch-size {world * max(1, config.batch_size // world)}"
         )
     torch.manual_seed(config.seed + rank)  # DDP copies rank 0's initial weights to the others
     np.random.seed(config.seed + rank)
     random.seed(config.seed + rank)
-    train_set, val_set = _datasets(config)
-    rank_batch = config.batch_size // world
+    options = {"root": config.data_root, "crop_size": config.crop_size, "base_size": config.base_size}
+    train_set, val_set = (build_dataset(config.dataset, split, **options, **config.dataset_options)
+                          for split in ("train", "val"))
     if len(train_set) < config.batch_size:
-        raise ValueError(
+        raise UserError(
             f"the training set has {len(train_set)} images, fewer than one batch of {config.batch_size}; "
             "lower --batch-size or add data"
         )
-
+    on_rank_zero(lambda: (check_files(train_set), check_files(val_set)))  # before the first iteration
     model = build(config, train_set.num_classes, pretrained=config.resume is None)
-    if world > 1:
-        model = convert_sync_batchnorm(model)
-    model.to(device)
+    model = (convert_sync_batchnorm(model) if world > 1 else model).to(device)
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     lr = config.lr * config.batch_size / 16
     optimizer = torch.optim.SGD(
         param_groups(model, lr, config.head_lr_mult), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, seed=config.seed, drop_last=True)
-    iterations_per_epoch = len(sampler) // rank_batch
-    total = iterations_per_epoch * config.epochs
+    total = len(sampler) // (config.batch_size // world) * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: poly(t, total, config.poly_power))
-    criterion = EncNetLoss(se_weight=config.se_weight, aux_weight=config.aux_weight)
-    part_names = ["out"] + ["aux"] * (config.aux_weight > 0) + ["se"] * (config.se_weight > 0)
-
-    iteration, history, losses = 0, [], []
+    run = Run(config, rank, world, device, train_set, val_set, model, net, optimizer, scheduler, sampler, folder,
+              progress)
     if config.resume:
-        iteration, history, losses = _restore(config, train_set.num_classes, model, optimizer, scheduler, rank, world)
+        _restore(run)
+        if folder is not None:
+            folder.rewrite_log(run.history)  # exactly the checkpoint's epochs, wherever the last process stopped
+    return run
 
-    out = Path(config.out) if config.out is not None and rank == 0 else None
-    checkpoint_path = Path(config.out) / "checkpoint.pt" if config.out is not None else None
-    if checkpoint_path is not None and not config.resume:
-        if _gather(out is not None and checkpoint_path.exists(), world)[0]:
-            raise FileExistsError(
-                f"{config.out} already holds a run's checkpoint.pt; continue it with --resume "
-                f"{checkpoint_path}, or pass another --out (a new run never overwrites an old one)"
-            )
-        if out is not None:
-            (out / "log.jsonl").unlink(missing_ok=True)  # left by a run that stopped before its first epoch
-    show = _show_progress(progress, rank)
-    augmented = KeyedAugmentation(train_set, config.seed)
-    loader_generator = torch.Generator().manual_seed(config.seed)
-    for epoch in range(iteration // iterations_per_epoch, config.epochs):
-        sampler.set_epoch(epoch)
-        loader = DataLoader(
-            augmented, batch_size=rank_batch, sampler=[(epoch, index) for index in sampler], drop_last=True,
-            num_workers=config.workers, generator=loader_generator, pin_memory=device.type == "cuda",
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    defaults = TrainConfig.from_dict(saved).to_dict()  # fields added since the checkpoint take their defaults
+    differences = [
+        f"{name}={defaults[name]!r} (this run: {value!r})"
+        for name, value in config.to_dict().items()
+        if name not in RESUMABLE_CHANGES and defaults[name] != value
+    ]
+    if differences:
+        raise CheckpointError(
+            f"cannot resume: the checkpoint's run had {', '.join(differences)}; resuming repeats a run "
+            f"exactly, so only {', '.join(RESUMABLE_CHANGES)} may change. Resume with the checkpoint's "
+            "settings (`encnet train --resume` alone takes them), or start a new run"
         )
-        net.train()
-        sums, start = torch.zeros(1 + len(part_names), dtype=torch.float64), time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False)
-        for step, (images, masks) in enumerate(bar, start=1):
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            loss, parts = criterion(net(images), masks)
-            values = _global_mean(torch.stack([loss.detach(), *(parts[name] for name in part_names)]), world)
-            if not torch.isfinite(values[0]):
-                raise FloatingPointError(
-                    f"the loss is {values[0].item()} at iteration {iteration + 1} of {total} (epoch {epoch + 1}); "
-                    f"training stopped before updating the weights with it. The last good checkpoint "
-                    f"({checkpoint_path or 'none: out=None'}) is left as it was. Lower --lr, or check the data."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            iteration += 1
-            values = values.double().cpu()
-            sums += values
-            losses.append(values[0].item())
-            bar.set_postfix(loss=f"{values[0].item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{step * config.batch_size / (time.perf_counter() - start):.1f}")
-        bar.close()
-        seconds = time.perf_counter() - start
-        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
-            metrics = evaluate(model, val_set, crop_size=config.crop_size, batch_size=rank_batch,
-                               workers=config.workers, progress=progress)
-            mean = (sums / iterations_per_epoch).tolist()
-            record = {
-                "epoch": epoch + 1, "iteration": iteration, "loss": mean[0],
-                "loss_parts": dict(zip(part_names, mean[1:])),
-                "lr": optimizer.param_groups[0]["lr"], "images_per_s": iterations_per_epoch * config.batch_size / seconds,
-                **metrics,
-            }
-            history.append(record)
-            if out is not None:
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out / "log.jsonl", "a") as log:
-                    log.write(json.dumps(_json_safe(record)) + "\n")
-            if show:
-                tqdm.write(f"epoch {epoch + 1}: loss {mean[0]:.4f}  pixAcc {metrics['pixAcc']:.4f}  "
-                           f"mIoU {metrics['mIoU']:.4f}  {record['images_per_s']:.1f} images/s")
-        if checkpoint_path is not None:
-            rng = _gather(rng_state(), world)  # every rank takes part; rank 0 writes
-            if out is not None:
-                save_checkpoint(checkpoint_path, {
-                    "config": config.to_dict(), "num_classes": train_set.num_classes,
-                    "classes": list(train_set.classes), "iteration": iteration,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": rng, "history": history,
-                    "losses": torch.tensor(losses, dtype=torch.float64),
-                })
 
-    metrics = history[-1] if history else None
-    final = None if metrics is None else {key: metrics[key] for key in ("pixAcc", "mIoU", "mIoU_all", "IoU")}
-    if out is not None and final is not None:
-        write_json(out / "metrics.json", {**final, "classes": list(train_set.classes),
-                                          "epoch": metrics["epoch"], "config": config.to_dict()})
-    return {
-        "config": config.to_dict(), "classes": list(train_set.classes), "history": history, "losses": losses,
-        "metrics": final, "checkpoint": str(checkpoint_path) if checkpoint_path else None,
-        "model": revert_sync_batchnorm(model) if world > 1 else model,
+
+def _restore(run: Run) -> None:
+    """Load ``config.resume`` into the model, optimiser, scheduler, random generators and the run so far."""
+    config = run.config
+    checkpoint = load_checkpoint(config.resume)
+    check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=run.train_set.num_classes)
+    _check_resumable(checkpoint["config"], config)
+    if len(checkpoint["rng"]) != run.world:
+        raise CheckpointError(
+            f"the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {run.world}; "
+            "resume with the same number of processes (their dropout streams are saved per rank)"
+        )
+    load_model_state(run.model, checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"][run.rank])
+    run.iteration, run.history = checkpoint["iteration"], checkpoint["history"]
+    run.losses = checkpoint["losses"].tolist()
+    run.saved = f"{config.resume} (iteration {run.iteration})"
+
+
+def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
+    """One pass over the training split: (sums of the loss and its parts over the iterations, seconds)."""
+    config = run.config
+    run.sampler.set_epoch(epoch)
+    loader = DataLoader(
+        run.augmented, batch_size=run.rank_batch, sampler=[(epoch, index) for index in run.sampler], drop_last=True,
+        num_workers=config.workers, generator=run.loader_generator, pin_memory=run.device.type == "cuda",
+    )
+    run.net.train()
+    sums, start = torch.zeros(1 + len(run.part_names), dtype=torch.float64), time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not _show_progress(run.progress, run.rank), leave=False)
+    for step, (images, masks) in enumerate(bar, start=1):
+        values = _train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
+        sums += values
+        run.losses.append(values[0].item())
+        bar.set_postfix(loss=f"{values[0].item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",
+                        img_s=f"{step * config.batch_size / (time.perf_counter() - start):.1f}")
+    bar.close()
+    return sums, time.perf_counter() - start
+
+
+def _train_step(run: Run, images: Tensor, masks: Tensor) -> Tensor:
+    """One SGD step on this rank's share of a global batch; returns [loss, its parts], global means, float64."""
+    loss, parts = run.criterion(run.net(images), masks, labelled=global_labelled(masks))
+    values = all_reduce_sum(torch.stack([loss.detach(), *(parts[name] for name in run.part_names)])) / run.world
+    value = values[0].item()
+    if not value <= run.config.max_loss:  # also true for NaN
+        bound = "not finite" if not math.isfinite(value) else f"above max_loss={run.config.max_loss:g}"
+        raise Diverged(_divergence(run, run.iteration + 1, f"the loss is {value:.4g}, {bound}",
+                                   "the weights were not updated with it"))
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.iteration += 1
+    _check_finite_state(run)
+    return values.double().cpu()
+
+
+def _check_finite_state(run: Run) -> None:
+    """Raise :class:`Diverged` if a parameter or buffer (batch norm statistics included) holds NaN or inf."""
+    tensors = [(name, tensor) for name, tensor in chain(run.model.named_parameters(), run.model.named_buffers())
+               if tensor.is_floating_point()]
+    finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in tensors])
+    if all_reduce_sum((~finite).sum()).item() == 0:  # every rank stops if one does
+        return
+    bad = [name for (name, _), ok in zip(tensors, finite.tolist()) if not ok]
+    raise Diverged(_divergence(run, run.iteration, f"{len(bad)} parameter(s) or buffer(s) hold NaN or infinite "
+                                                   f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})",
+                               "they are not saved"))
+
+
+def _divergence(run: Run, iteration: int, what: str, consequence: str) -> str:
+    epoch = (iteration - 1) // run.iterations_per_epoch + 1
+    if run.saved is not None:
+        last = f"the last good checkpoint, {run.saved}, is left as it was"
+    else:
+        last = "there is no good checkpoint yet" + (" (out=None writes none)" if run.config.out is None
+                                                    else " (no epoch has finished)")
+    return (f"training diverged at iteration {iteration} of {run.total} (epoch {epoch}): {what}; {consequence}, "
+            f"and {last}. Lower --lr, or check the data (or raise --max-loss if such a loss is expected)")
+
+
+def _evaluate_epoch(run: Run, epoch: int, sums: Tensor, seconds: float) -> dict[str, Any]:
+    """Score the validation split; the epoch's record (losses, lr, speed, metrics), added to the history."""
+    config = run.config
+    metrics = evaluate(run.model, run.val_set, crop_size=config.crop_size, batch_size=run.rank_batch,
+                       workers=config.workers, progress=run.progress)
+    mean = (sums / run.iterations_per_epoch).tolist()
+    record = {
+        "epoch": epoch + 1, "iteration": run.iteration, "loss": mean[0],
+        "loss_parts": dict(zip(run.part_names, mean[1:])), "lr": run.optimizer.param_groups[0]["lr"],
+        "images_per_s": run.iterations_per_epoch * config.batch_size / seconds, **metrics,
     }
+    run.history.append(record)
+    if _show_progress(run.progress, run.rank):
+        tqdm.write(f"epoch {epoch + 1}: loss {mean[0]:.4f}  pixAcc {metrics['pixAcc']:.4f}  "
+                   f"mIoU {metrics['mIoU']:.4f}  {record['images_per_s']:.1f} images/s")
+    return record
+
+
+def _save(run: Run, record: dict[str, Any] | None) -> None:
+    """Write the checkpoint, then the epoch's log record: the log never runs ahead of the checkpoint."""
+    if run.config.out is None:
+        return
+    rng = gather_objects(rng_state())  # every rank takes part; rank 0 writes
+    checkpoint = {
+        "config": run.config.to_dict(), "num_classes": run.train_set.num_classes,
+        "classes": list(run.train_set.classes), "iteration": run.iteration,
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "rng": rng, "history": run.history,
+        "losses": torch.tensor(run.losses, dtype=torch.float64),
+    }
+    on_rank_zero(lambda: run.folder.save_checkpoint(checkpoint))
+    if run.folder is not None and record is not None:
+        run.folder.append_log(record)
+    run.saved = f"{Path(run.config.out) / 'checkpoint.pt'} (iteration {run.iteration})"
+
+
+def _finish(run: Run) -> dict[str, Any]:
+    """Write ``metrics.json`` (the last evaluation) and return the run's results."""
+    last = run.history[-1] if run.history else None
+    final = None if last is None else {key: last[key] for key in ("pixAcc", "mIoU", "mIoU_all", "IoU")}
+    classes = list(run.train_set.classes)
+    if run.folder is not None and final is not None:
+        run.folder.write_metrics({**final, "classes": classes, "epoch": last["epoch"], "config": run.config.to_dict()})
+    return {
+        "config": run.config.to_dict(), "classes": classes, "history": run.history, "losses": run.losses,
+        "metrics": final, "checkpoint": str(Path(run.config.out) / "checkpoint.pt") if run.config.out else None,
+        "model": revert_sync_batchnorm(run.model) if run.world > 1 else run.model,
+    }
+
+
+def _show_progress(progress: bool | None, rank: int) -> bool:
+    return rank == 0 and (sys.stderr.isatty() if progress is None else progress)
 
 
 def sweep(
@@ -465,32 +479,50 @@ def sweep(
     with ``se_weight``, ``seed`` (and ``model``) replaced and no files of its own.
     ``out``: a JSON file, rewritten after each run; runs it already holds (for
     the same base config) are not trained again, so an interrupted sweep
-    continues where it stopped. Returns what the file holds::
+    continues where it stopped. The sweep holds the lock of the folder ``out``
+    is in (:class:`encnet.runs.RunFolder`). Returns what the file holds::
 
         {"config": base config, "alphas": [...], "seeds": [...],
          "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
     """
     base = dataclasses.replace(config, out=None, resume=None)
     result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
-    rank, _, _ = setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
-    previous = [json.loads(Path(out).read_text()) if out is not None and Path(out).is_file() and rank == 0 else None]
-    if dist.is_initialized():  # the other ranks follow rank 0's file
-        dist.broadcast_object_list(previous, src=0)
-    if previous[0] is not None:
-        if previous[0]["config"] != _json_safe(result["config"]):
-            raise ValueError(
-                f"{str(out)!r} holds a sweep of another config; pass another --out, or delete the file to start over"
-            )
-        result["runs"] = previous[0]["runs"]
-    planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
-    planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
-    done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
-    for model, alpha, seed in planned:
-        if (model, alpha, seed) in done:
-            continue
-        run = train(dataclasses.replace(base, model=model, se_weight=alpha, seed=seed), progress=progress)
-        result["runs"].append({"model": model, "se_weight": alpha, "seed": seed, **run["metrics"],
-                               "history": run["history"]})
-        if out is not None and rank == 0:
-            write_json(out, result)
+    setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
+    folder = None if out is None else on_rank_zero(lambda: RunFolder(Path(out).parent).lock())
+    with folder or contextlib.nullcontext():
+        result["runs"] = on_rank_zero(lambda: _finished_runs(out, base))
+        if dist.is_initialized():  # the other ranks follow rank 0's file
+            shared = [result["runs"]]
+            dist.broadcast_object_list(shared, src=0)
+            result["runs"] = shared[0]
+        planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
+        planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
+        done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
+        for model, alpha, seed in (key for key in planned if key not in done):
+            run = train(dataclasses.replace(base, model=model, se_weight=alpha, seed=seed), progress=progress)
+            result["runs"].append({"model": model, "se_weight": alpha, "seed": seed, **run["metrics"],
+                                   "history": run["history"]})
+            if folder is not None:
+                write_json(out, result)
     return result
+
+
+def _finished_runs(out: str | os.PathLike | None, base: TrainConfig) -> list[dict[str, Any]]:
+    """The runs a sweep file already holds, if it is a sweep of ``base``; [] for a new file."""
+    if out is None or not Path(out).is_file():
+        return []
+    try:
+        previous = json.loads(Path(out).read_text())
+        runs, config = previous["runs"], TrainConfig.from_dict(previous["config"])
+        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
+            raise TypeError("runs is not a list of records")
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(
+            f"{str(out)!r} is not a sweep file of encnet ({type(error).__name__}: {error}); it should be the JSON "
+            'object {"config", "alphas", "seeds", "runs"} that `encnet sweep` writes: pass another --out'
+        ) from None
+    if config != base:
+        raise UserError(
+            f"{str(out)!r} holds a sweep of another config; pass another --out, or delete the file to start over"
+        )
+    return runs

@@ -10,34 +10,80 @@ The total loss of a segmentation network with an auxiliary head and the SE branc
 where :math:`t_c = 1` when class :math:`c` appears anywhere in the image's
 ground truth :math:`y` (pixels labelled ``ignore_index`` count as no class).
 Reference defaults: :math:`\alpha = 0.2` (``se_weight``), :math:`\lambda_{aux} = 0.2`.
+
+The cross-entropy is the mean over the *labelled* pixels of the batch,
+
+.. math::
+
+    \mathrm{CE}(z, y) = \frac{1}{N} \sum_{i:\, y_i \ne \text{ignore}} -\log \mathrm{softmax}(z_i)_{y_i},
+    \qquad N = |\{i : y_i \ne \text{ignore}\}|,
+
+and a batch with no labelled pixel (:math:`N = 0`, an empty sum) contributes 0.
+With several processes (DistributedDataParallel), :math:`N` counts the labelled
+pixels of the *global* batch (:func:`global_labelled`), so the gradient is the
+one a single process computes on the whole batch, however the ignored pixels
+fall on the ranks. The SE term is the mean over images (and classes) of the
+binary cross-entropy; every image has a target, labelled pixels or not.
+
+How this differs from the two public implementations:
+
+- The reference (PyTorch-Encoding) uses ``torch.nn.CrossEntropyLoss(ignore_index=...)``,
+  the mean over each process's own labelled pixels: ``0 / 0 = NaN`` for a crop
+  or a per-GPU batch with none (common on PASCAL-Context, whose background is
+  ignored), and under DDP, which averages the ranks' gradients, a pixel on a
+  rank with few labelled pixels weighs more than one on a rank with many.
+- mmsegmentation's cross-entropy by default (``avg_non_ignore=False``) divides
+  the sum by *all* pixels, ignored ones included: never NaN, but the loss, and
+  so the effective learning rate, shrinks with the share of ignored pixels.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .errors import UserError
+
+
+def _check_labels(mask: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+    """``mask != ignore_index``; a label outside ``[0, num_classes)`` that is not ignored is a :class:`UserError`."""
+    valid = mask != ignore_index
+    bad = valid & ((mask < 0) | (mask >= num_classes))
+    if bad.any():
+        raise UserError(
+            f"mask holds label {mask[bad][0].item()}, outside [0, {num_classes}) and not the "
+            f"ignore index {ignore_index}; check num_classes or the dataset's label mapping"
+        )
+    return valid
 
 
 def se_target(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
     """Which classes each image contains: (B, H, W) labels -> (B, num_classes) 0/1 floats.
 
-    Raises ValueError for a label outside ``[0, num_classes)`` that is not ``ignore_index``.
+    Raises UserError for a label outside ``[0, num_classes)`` that is not ``ignore_index``.
     """
     if mask.dim() < 2:
         raise ValueError(f"se_target expects a (B, H, W) mask, got shape {tuple(mask.shape)}")
     labels = mask.flatten(1).long()  # (B, HW)
-    valid = labels != ignore_index
-    bad = valid & ((labels < 0) | (labels >= num_classes))
-    if bad.any():
-        raise ValueError(
-            f"mask holds label {labels[bad][0].item()}, outside [0, {num_classes}) and not the "
-            f"ignore index {ignore_index}; check num_classes or the dataset's label mapping"
-        )
+    valid = _check_labels(labels, num_classes, ignore_index)
     # Scatter into one extra column that collects the ignored pixels, then drop it.
     present = torch.zeros(labels.size(0), num_classes + 1, device=mask.device)
     present.scatter_(1, torch.where(valid, labels, num_classes), 1.0)
     return present[:, :num_classes]
+
+
+def global_labelled(mask: Tensor, ignore_index: int = 255) -> Tensor:
+    """Labelled pixels of the global batch: this process's count, summed over the process group.
+
+    An int64 scalar on ``mask``'s device; without a process group, this mask's
+    own count. Every rank must call it (it is an all-reduce).
+    """
+    count = (mask != ignore_index).sum()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count)
+    return count
 
 
 class EncNetLoss(nn.Module):
@@ -47,19 +93,38 @@ class EncNetLoss(nn.Module):
     (B, K, H, W); optional ``"aux"`` (B, K, H, W) and ``"se"`` (B, K) logits) and the
     (B, H, W) int64 mask, and returns ``(total, parts)``: ``parts`` maps each term
     present ("out", "aux", "se") to its unweighted value, detached.
+
+    ``labelled``: the number of labelled pixels of the global batch,
+    :func:`global_labelled` ``(mask)``, under DistributedDataParallel; None
+    (a single process) counts this mask's own. With ``labelled`` and a process
+    group of W ranks, each rank's CE is its sum over its pixels times
+    ``W / labelled``: DDP averages the W ranks' gradients, so the result is the
+    gradient of the global batch's CE, and the mean of the ranks' values is its
+    value. The SE term is each rank's mean over its own images, which averages
+    to the global mean because every rank holds the same number of images.
     """
 
     def __init__(self, se_weight: float = 0.2, aux_weight: float = 0.2, ignore_index: int = 255) -> None:
         super().__init__()
         self.se_weight, self.aux_weight, self.ignore_index = se_weight, aux_weight, ignore_index
 
-    def forward(self, outputs: dict[str, Tensor], mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, outputs: dict[str, Tensor], mask: Tensor, labelled: Tensor | int | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if "out" not in outputs:
             raise KeyError(f"EncNetLoss needs the model's 'out' logits, got keys {sorted(outputs)}")
-        parts = {"out": F.cross_entropy(outputs["out"], mask, ignore_index=self.ignore_index)}
+        valid = _check_labels(mask, outputs["out"].size(1), self.ignore_index)
+        world = dist.get_world_size() if labelled is not None and dist.is_initialized() else 1
+        count = valid.sum() if labelled is None else torch.as_tensor(labelled, device=mask.device)
+        scale = world / count.clamp(min=1).to(outputs["out"].dtype)  # a batch with no labelled pixel: 0, not NaN
+
+        def cross_entropy(logits: Tensor) -> Tensor:
+            return F.cross_entropy(logits, mask, ignore_index=self.ignore_index, reduction="sum") * scale
+
+        parts = {"out": cross_entropy(outputs["out"])}
         total = parts["out"]
         if "aux" in outputs:
-            parts["aux"] = F.cross_entropy(outputs["aux"], mask, ignore_index=self.ignore_index)
+            parts["aux"] = cross_entropy(outputs["aux"])
             total = total + self.aux_weight * parts["aux"]
         if "se" in outputs:
             target = se_target(mask, outputs["se"].size(1), self.ignore_index)

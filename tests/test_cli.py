@@ -50,8 +50,8 @@ def test_synthetic_quick_end_to_end(quick, tmp_path, capsys):
 
     # A new run never overwrites a checkpoint; --resume alone takes the checkpoint's settings,
     # and a finished run has nothing left to do.
-    assert main(["train", "--preset", "synthetic-quick", "--out", str(out)]) == 1
-    assert "already holds a run's checkpoint.pt; continue it with --resume" in capsys.readouterr().err
+    assert main(["train", "--preset", "synthetic-quick", "--out", str(out)]) == 2
+    assert "continue that run with --resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(out / "checkpoint.pt"), "--no-progress"]) == 0
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == checkpoint["iteration"]
 
@@ -104,17 +104,19 @@ def test_unknown_names_list_the_valid_ones(argv, listed, capsys):
 
 
 def test_user_errors_are_one_clear_line(tmp_path, capsys):
-    assert main(["train", "--epochs", "2"]) == 1
-    assert "give --preset (one of: synthetic, synthetic-quick" in capsys.readouterr().err
-    assert main(["train", "--preset", "synthetic-quick", "--epochs", "0"]) == 1
-    assert "epochs must be a positive integer, got 0" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path / "nothing.pt")]) == 1
-    assert "no checkpoint at" in capsys.readouterr().err
-    assert main(["train", "--preset", "ade20k-encnet-r50", "--out", str(tmp_path)]) == 1
-    assert "needs root=" in capsys.readouterr().err
+    cases = [
+        (["train", "--epochs", "2"], "give --preset (one of: synthetic, synthetic-quick"),
+        (["train", "--preset", "synthetic-quick", "--epochs", "0"], "epochs must be a positive integer, got 0"),
+        (["train", "--preset", "synthetic-quick", "--lr", "inf"], "lr must be a positive number, got inf"),
+        (["train", "--resume", str(tmp_path / "nothing.pt")], "no checkpoint at"),
+        (["train", "--preset", "ade20k-encnet-r50", "--out", str(tmp_path)], "needs its folder: pass --data-root"),
+        (["evaluate", str(tmp_path / "unsafe.pt")], "refused to load"),
+    ]
     torch.save({"format": FORMAT, "model": {}, "config": print}, tmp_path / "unsafe.pt")
-    assert main(["evaluate", str(tmp_path / "unsafe.pt")]) == 1
-    assert "refused to load" in capsys.readouterr().err
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert error.startswith("encnet: error: ") and message in error and error.count("\n") == 1, error
 
 
 def test_sweep_writes_one_file_and_skips_finished_runs(tmp_path, capsys):
@@ -131,7 +133,7 @@ def test_sweep_writes_one_file_and_skips_finished_runs(tmp_path, capsys):
     assert main(argv) == 0  # every run is in the file already: nothing is trained, nothing rewritten
     assert out.stat().st_mtime_ns == before
     assert "fcn" in capsys.readouterr().out
-    assert main([*argv[:4], "2", *argv[5:]]) == 1  # another base config, same file
+    assert main([*argv[:4], "2", *argv[5:]]) == 2  # another base config, same file
     assert "holds a sweep of another config" in capsys.readouterr().err
 
 

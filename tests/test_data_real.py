@@ -11,6 +11,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from encnet.data import ADE20K, PascalContext, PascalVOC, build_dataset, voc_colormap
+from encnet.errors import UserError
 
 
 def write_image(path: Path, seed: int, size=(8, 8)) -> None:
@@ -74,7 +75,7 @@ def test_ade20k_applies_transforms_jointly(tmp_path):
 
 
 def test_ade20k_missing_root_names_the_layout_and_the_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ADEChallengeData2016/images/\{training,validation\}") as error:
+    with pytest.raises(UserError, match=r"ADEChallengeData2016/images/\{training,validation\}") as error:
         ADE20K(tmp_path / "nowhere", "train")
     assert "python -m encnet.data.prepare ade20k" in str(error.value)
     assert "ADEChallengeData2016.zip" in str(error.value)
@@ -85,15 +86,31 @@ def test_ade20k_missing_root_names_the_layout_and_the_source(tmp_path):
 def test_ade20k_malformed_trees_and_files_are_named(tmp_path):
     base = make_ade(tmp_path)
     (base / "annotations" / "training" / "ADE_train_00000002.png").unlink()
-    with pytest.raises(FileNotFoundError, match="1 of the 3 images .* ADE_train_00000002.png"):
+    with pytest.raises(UserError, match="1 of the 3 images .* ADE_train_00000002.png"):
         ADE20K(tmp_path, "train")
     corrupt = base / "images" / "validation" / "ADE_val_00000001.jpg"
     corrupt.write_bytes(b"not a jpeg at all")
-    with pytest.raises(OSError, match="ADE_val_00000001.jpg"):
+    with pytest.raises(UserError, match="ADE_val_00000001.jpg"):
         ADE20K(tmp_path, "val")[0]
     write_mask(base / "annotations" / "validation" / "ADE_val_00000002.png", label_grid(0, 151))
     with pytest.raises(ValueError, match="ADE_val_00000002.png holds the value 151"):
         ADE20K(tmp_path, "val")[1]
+
+
+def test_missing_files_are_called_missing_and_masks_of_another_kind_are_named(tmp_path):
+    base = make_ade(tmp_path)
+    (base / "images" / "validation" / "ADE_val_00000001.jpg").unlink()
+    with pytest.raises(UserError, match="1 annotations of .* have no image .*ADE_val_00000001.jpg"):
+        ADE20K(tmp_path, "val")
+    for mode, kind in (("RGB", "a colour image"), ("I;16", "16-bit")):
+        Image.new(mode, (8, 8)).save(base / "annotations" / "training" / "ADE_train_00000001.png")
+        with pytest.raises(UserError, match=rf"ADE_train_00000001.png is mode {mode} \({kind}\), but a mask must"):
+            ADE20K(tmp_path, "train")[0]
+    voc = make_voc(tmp_path / "voc")
+    (voc / "JPEGImages" / "2007_000001.jpg").unlink()
+    with pytest.raises(UserError, match="the image .*2007_000001.jpg does not exist") as error:
+        PascalVOC(tmp_path / "voc", "train")[0]
+    assert "corrupt" not in str(error.value)
 
 
 def test_image_and_mask_of_different_sizes_are_an_error(tmp_path):
@@ -130,12 +147,12 @@ def test_pcontext_counts_and_label_shift(tmp_path):
 
 
 def test_pcontext_missing_parts_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="VOC2010/SegmentationClassContext") as error:
+    with pytest.raises(UserError, match="VOC2010/SegmentationClassContext") as error:
         PascalContext(tmp_path, "train")
     assert "python -m encnet.data.prepare pcontext" in str(error.value)
     base = make_pcontext(tmp_path)
     (base / "SegmentationClassContext" / "2008_000003.png").unlink()
-    with pytest.raises(FileNotFoundError, match="1 of the 1 masks .*2008_000003.png"):
+    with pytest.raises(UserError, match="1 of the 1 masks .*2008_000003.png"):
         PascalContext(tmp_path, "val")
 
 
@@ -217,14 +234,14 @@ def test_voc_aug_without_scipy_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_voc_missing_or_corrupt_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="VOCdevkit/VOC2012") as error:
+    with pytest.raises(UserError, match="VOCdevkit/VOC2012") as error:
         PascalVOC(tmp_path, "train")
     assert "VOCtrainval_11-May-2012.tar" in str(error.value)
     voc = make_voc(tmp_path)
-    with pytest.raises(FileNotFoundError, match="benchmark_RELEASE/dataset"):
+    with pytest.raises(UserError, match="benchmark_RELEASE/dataset"):
         PascalVOC(tmp_path, "train", aug=True)
     (voc / "JPEGImages" / "2007_000003.jpg").write_bytes(b"\xff\xd8 truncated")
-    with pytest.raises(OSError, match="2007_000003.jpg"):
+    with pytest.raises(UserError, match="2007_000003.jpg"):
         PascalVOC(tmp_path, "val")[0]
     write_mask(voc / "SegmentationClass" / "2007_000001.png", label_grid(0, 21), palette=True)
     with pytest.raises(ValueError, match="2007_000001.png is not a VOC label image"):

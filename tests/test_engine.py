@@ -154,7 +154,7 @@ def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
 
 
 def test_files_that_are_not_checkpoints_get_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
@@ -174,7 +174,7 @@ def test_torchrun_two_ranks_with_half_batches_equal_one_process_on_the_whole_bat
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pixAcc") == 1  # only rank 0 prints
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "log.jsonl", "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "checkpoint.pt", "log.jsonl", "metrics.json"]
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1  # only rank 0 writes
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert len(checkpoint["rng"]) == 2  # one random state per rank

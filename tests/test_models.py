@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
+from encnet.errors import UserError
 from encnet.losses import EncNetLoss
 from encnet.models import (
     FCN,
@@ -166,7 +167,7 @@ def offline_hub(tmp_path, monkeypatch):
 @pytest.mark.parametrize("weights", ["IMAGENET1K_V1", torchvision.models.ResNet50_Weights.IMAGENET1K_V1])
 def test_offline_pretrained_weights_error_says_where_to_put_the_file(offline_hub, weights):
     hub_dir, attempts = offline_hub
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(UserError) as error:
         fcn_resnet50(num_classes=NUM_CLASSES, weights_backbone=weights)
     cached = hub_dir / "checkpoints" / "resnet50-0676ba61.pth"
     message = str(error.value)
@@ -201,9 +202,9 @@ def test_bad_weights_are_explained(tmp_path):
         fcn_small(num_classes=NUM_CLASSES, weights_backbone="IMAGENET1K_V1")
     with pytest.raises(ValueError, match="valid names: ResNet50_Weights.IMAGENET1K_V1"):
         fcn_resnet50(num_classes=NUM_CLASSES, weights_backbone="IMAGENET")
-    with pytest.raises(TypeError, match="not a weight of backbone 'resnet101'"):
+    with pytest.raises(UserError, match="not a weight of backbone 'resnet101'"):
         fcn_resnet101(num_classes=NUM_CLASSES, weights_backbone=torchvision.models.ResNet50_Weights.DEFAULT)
-    with pytest.raises(FileNotFoundError, match="is not a file"):
+    with pytest.raises(UserError, match="is not a file"):
         fcn_small(num_classes=NUM_CLASSES, weights_backbone=tmp_path / "missing.pth")
     torch.save(fcn_small(num_classes=NUM_CLASSES).state_dict(), tmp_path / "whole_model.pth")
     with pytest.raises(ValueError, match="do not fit the 'small' backbone"):

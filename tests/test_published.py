@@ -21,6 +21,7 @@ from PIL import Image
 import encnet.__main__ as encnet_main
 from encnet.__main__ import main
 from encnet.checkpoint import CheckpointError
+from encnet.errors import UserError
 from encnet.inference import fit_size, long_side_size, padded_sliding_window, predict_protocol
 from encnet.models import build_model, dilated_resnet, from_checkpoint, zoo
 from layouts import random_state, read_layout
@@ -112,7 +113,7 @@ def test_unsafe_truncated_and_unknown_files_are_refused(tmp_path):
         from_checkpoint(random_state(read_layout("reference_resnet50s")["state_dict"]))
     with pytest.raises(CheckpointError, match="3 classes, not num_classes=150"):
         from_checkpoint(good, num_classes=150)
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(UserError, match="no checkpoint at"):
         from_checkpoint(tmp_path / "missing.pth")
     assert not pickle.loads(pickle.dumps(Payload())).__dict__  # the class itself is harmless
 

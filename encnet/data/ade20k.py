@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..errors import UserError
 from .folder import SegmentationFiles
 from .palette import voc_colormap
 
@@ -42,11 +43,12 @@ CLASSES = (
 )
 
 
-def _layout_error(root: Path, missing: Path) -> FileNotFoundError:
-    return FileNotFoundError(
+def _layout_error(root: Path, missing: Path) -> UserError:
+    return UserError(
         f"ADE20K not found: {missing} does not exist. Expected the layout "
         f"<root>/ADEChallengeData2016/images/{{training,validation}}/*.jpg and "
-        f"<root>/ADEChallengeData2016/annotations/{{training,validation}}/*.png with root={root}. "
+        f"<root>/ADEChallengeData2016/annotations/{{training,validation}}/*.png with <root> = {root} "
+        "(--data-root). "
         f"Get it with `python -m encnet.data.prepare ade20k --root {root}` (downloads {URL}), "
         "or extract that zip into the root yourself"
     )
@@ -66,7 +68,7 @@ class ADE20K(SegmentationFiles):
 
     def __init__(self, root: str | Path, split: str = "train", transforms: Callable | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; ADE20K has splits {', '.join(SPLITS)}")
+            raise UserError(f"unknown split {split!r}; ADE20K has splits {', '.join(SPLITS)}")
         root = Path(root)
         base = root / "ADEChallengeData2016"
         image_dir, mask_dir = base / "images" / SPLITS[split], base / "annotations" / SPLITS[split]
@@ -79,8 +81,14 @@ class ADE20K(SegmentationFiles):
         masks = [mask_dir / (image.stem + ".png") for image in images]
         missing = [mask for mask in masks if not mask.is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise UserError(
                 f"ADE20K is incomplete: {len(missing)} of the {len(images)} images of {image_dir} have no "
                 f"annotation in {mask_dir} (first missing: {missing[0].name}); extract the archive again"
+            )
+        orphans = sorted({mask.stem for mask in mask_dir.glob("*.png")} - {image.stem for image in images})
+        if orphans:
+            raise UserError(
+                f"ADE20K is incomplete: {len(orphans)} annotations of {mask_dir} have no image in {image_dir} "
+                f"(first: {orphans[0]}.jpg); extract the archive again"
             )
         super().__init__(images, masks, transforms)

@@ -17,34 +17,54 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from ..errors import UserError
 from .transforms import IGNORE_INDEX
+
+MASK_MODES = ("L", "P")
 
 
 def read_image(path: Path) -> tv_tensors.Image:
-    """An RGB image file -> uint8 (3, H, W)."""
+    """An RGB image file -> uint8 (3, H, W); a missing or unreadable file is a :class:`UserError` naming it."""
+    if not path.is_file():
+        raise UserError(f"the image {path} does not exist; extract the dataset's archive again, or fix its split list")
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as error:
-        raise OSError(
-            f"cannot read the image {path}: {error}. The file is corrupt or truncated; "
+        raise UserError(
+            f"cannot read the image {path} ({error}): the file is corrupt or truncated; "
             "extract it again from the dataset's archive"
         ) from error
     return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1))
 
 
+def mask_mode_problem(mode: str) -> str | None:
+    """Why a mask of PIL ``mode`` is no label image, or None if it is one (8-bit single channel: "L" or "P")."""
+    if mode in MASK_MODES:
+        return None
+    kind = {"RGB": "a colour image", "RGBA": "a colour image", "I;16": "16-bit", "I": "32-bit", "F": "floating-point"}
+    return (
+        f"is mode {mode} ({kind.get(mode, 'not single-channel 8-bit')}), but a mask must be a single-channel "
+        "8-bit PNG (mode L or P) whose values are the class indices; convert it, e.g. map each colour "
+        "to its class index"
+    )
+
+
 def read_mask(path: Path) -> np.ndarray:
     """A single-channel label PNG (mode "L" or palette "P") -> its stored values, (H, W) uint8."""
+    if not path.is_file():
+        raise UserError(f"the mask {path} does not exist; extract the dataset's archive again, or fix its split list")
     try:
         with Image.open(path) as image:
-            if image.mode not in ("L", "P"):
-                raise ValueError(f"a mask must be a single-channel (L or P) image, this one is mode {image.mode}")
-            return np.asarray(image).copy()
+            problem = mask_mode_problem(image.mode)
+            values = None if problem else np.asarray(image).copy()
     except (OSError, SyntaxError, ValueError) as error:
-        raise OSError(
-            f"cannot read the mask {path}: {error}. The file is corrupt, truncated or not a "
-            "label image; extract (or convert) it again"
+        raise UserError(
+            f"cannot read the mask {path} ({error}): the file is corrupt or truncated; extract it again"
         ) from error
+    if problem:
+        raise UserError(f"the mask {path} {problem}")
+    return values
 
 
 def shift_labels(stored: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
@@ -54,7 +74,7 @@ def shift_labels(stored: np.ndarray, num_classes: int, path: Path) -> np.ndarray
     ``num_classes`` mean the mask is not of this dataset: an error naming the file.
     """
     if stored.max(initial=0) > num_classes:
-        raise ValueError(
+        raise UserError(
             f"the mask {path} holds the value {int(stored.max())}, but this dataset stores labels in "
             f"[0, {num_classes}] (0 = unlabelled); is the file from another dataset or a wrong conversion?"
         )
@@ -82,11 +102,15 @@ class SegmentationFiles(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """``(image file, mask file)`` of every item, in order (what :mod:`encnet.data.check` checks)."""
+        return list(zip(self.images, self.masks))
+
     def __getitem__(self, index: int):
         image = read_image(self.images[index])
         mask = shift_labels(read_mask(self.masks[index]), self.num_classes, self.masks[index])
         if mask.shape != tuple(image.shape[1:]):
-            raise ValueError(
+            raise UserError(
                 f"the mask {self.masks[index]} is {mask.shape[1]}x{mask.shape[0]} but its image "
                 f"{self.images[index]} is {image.shape[2]}x{image.shape[1]}; one of the two files is wrong"
             )

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..errors import UserError
 from .folder import SegmentationFiles
 from .palette import voc_colormap
 
@@ -45,9 +46,9 @@ CATEGORY_IDS = (
 """Category ids (in ``trainval_merged.json``) of :data:`CLASSES`, in the same order."""
 
 
-def _layout_error(root: Path, missing: Path) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"PASCAL-Context not found: {missing} does not exist. Expected, with root={root}: "
+def _layout_error(root: Path, missing: Path) -> UserError:
+    return UserError(
+        f"PASCAL-Context not found: {missing} does not exist. Expected, with <root> = {root} (--data-root): "
         "<root>/VOCdevkit/VOC2010/JPEGImages/<id>.jpg, "
         "<root>/VOCdevkit/VOC2010/SegmentationClassContext/<id>.png and "
         "<root>/VOCdevkit/VOC2010/ImageSets/SegmentationContext/{train,val}.txt. "
@@ -70,7 +71,7 @@ class PascalContext(SegmentationFiles):
 
     def __init__(self, root: str | Path, split: str = "train", transforms: Callable | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; PascalContext has splits {', '.join(SPLITS)}")
+            raise UserError(f"unknown split {split!r}; PascalContext has splits {', '.join(SPLITS)}")
         root = Path(root)
         base = root / "VOCdevkit" / "VOC2010"
         image_dir, mask_dir = base / "JPEGImages", base / "SegmentationClassContext"
@@ -80,13 +81,13 @@ class PascalContext(SegmentationFiles):
                 raise _layout_error(root, path)
         ids = split_file.read_text().split()
         if not ids:
-            raise ValueError(f"the split list {split_file} is empty; convert the annotations again")
+            raise UserError(f"the split list {split_file} is empty; convert the annotations again")
         images = [image_dir / f"{name}.jpg" for name in ids]
         masks = [mask_dir / f"{name}.png" for name in ids]
         for kind, files in (("image", images), ("mask", masks)):
             missing = [path for path in files if not path.is_file()]
             if missing:
-                raise FileNotFoundError(
+                raise UserError(
                     f"PASCAL-Context is incomplete: {len(missing)} of the {len(ids)} {kind}s listed in "
                     f"{split_file} are missing (first: {missing[0]}); extract or convert again"
                 )

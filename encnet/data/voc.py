@@ -2,7 +2,8 @@
 
 Built on torchvision's :class:`~torchvision.datasets.VOCSegmentation` and, for
 the "aug" training set, :class:`~torchvision.datasets.SBDataset` (the Semantic
-Boundaries Dataset of Hariharan et al., 2011, whose ``.mat`` masks need scipy).
+Boundaries Dataset of Hariharan et al., 2011, whose ``.mat`` masks need scipy),
+which list the files; the files are read here, with errors that name them.
 Layout under ``root``::
 
     <root>/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
@@ -27,6 +28,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.datasets import SBDataset, VOCSegmentation
 
+from ..errors import UserError
+from .folder import read_image, read_mask
 from .palette import voc_colormap
 from .transforms import IGNORE_INDEX
 
@@ -39,15 +42,15 @@ CLASSES = (
 )
 
 
-def _layout_error(root: Path, missing: Path, aug: bool) -> FileNotFoundError:
+def _layout_error(root: Path, missing: Path, aug: bool) -> UserError:
     sbd = (
         " and, for aug=True, <root>/benchmark_RELEASE/dataset/{img,cls,train.txt,val.txt} (SBD, "
         f"{SBD_URL})"
         if aug
         else ""
     )
-    return FileNotFoundError(
-        f"PASCAL VOC not found: {missing} does not exist. Expected, with root={root}: "
+    return UserError(
+        f"PASCAL VOC not found: {missing} does not exist. Expected, with <root> = {root} (--data-root): "
         "<root>/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/<split>.txt}"
         f"{sbd}. Get them with `python -m encnet.data.prepare voc --root {root}` (downloads {VOC_URL} "
         "and the SBD archive)"
@@ -82,9 +85,9 @@ class PascalVOC(Dataset):
         self, root: str | Path, split: str = "train", transforms: Callable | None = None, aug: bool = False
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; PascalVOC has splits {', '.join(SPLITS)}")
+            raise UserError(f"unknown split {split!r}; PascalVOC has splits {', '.join(SPLITS)}")
         if aug and split != "train":
-            raise ValueError(f"aug=True adds the SBD masks to the training set; use split='train', not {split!r}")
+            raise UserError(f"aug=True adds the SBD masks to the training set; use split='train', not {split!r}")
         root = Path(root)
         voc = root / "VOCdevkit" / "VOC2012"
         needed = [voc / "JPEGImages", voc / "SegmentationClass", voc / "ImageSets" / "Segmentation" / f"{split}.txt"]
@@ -111,28 +114,42 @@ class PascalVOC(Dataset):
     def __len__(self) -> int:
         return len(self._samples)
 
+    def pairs(self) -> list[tuple[Path, Path]]:
+        """``(image file, mask file)`` of every item, in order (what :mod:`encnet.data.check` checks)."""
+        return [(Path(source.images[position]), Path(source.masks[position])) for source, position in self._samples]
+
     def __getitem__(self, index: int):
         source, position = self._samples[index]
-        image_file, mask_file = source.images[position], source.masks[position]
-        try:
-            image, mask = source[position]
-            image, mask = np.asarray(image), np.asarray(mask)
-        except (OSError, SyntaxError, ValueError) as error:
-            raise OSError(
-                f"cannot read the image {image_file} or its mask {mask_file}: {error}. "
-                "The file is corrupt or truncated; extract it again from the dataset's archive"
-            ) from error
+        image_file, mask_file = Path(source.images[position]), Path(source.masks[position])
+        image = read_image(image_file)
+        # A VOC mask is a palette PNG; SBD's are MATLAB files, read by torchvision.
+        mask = read_mask(mask_file) if mask_file.suffix == ".png" else _read_sbd_mask(mask_file)
         labelled = mask[mask != IGNORE_INDEX]
         if mask.ndim != 2 or labelled.max(initial=0) >= self.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"the mask {mask_file} is not a VOC label image (shape {mask.shape}, values up to "
-                f"{int(labelled.max(initial=0))}); expected (H, W) labels in [0, 21) or 255"
+                f"{int(labelled.max(initial=0))}); expected (H, W) labels in [0, 21) or 255; "
+                "extract or convert it again"
             )
-        if mask.shape != image.shape[:2]:
-            raise ValueError(
+        if mask.shape != tuple(image.shape[1:]):
+            raise UserError(
                 f"the mask {mask_file} is {mask.shape[1]}x{mask.shape[0]} but its image {image_file} "
-                f"is {image.shape[1]}x{image.shape[0]}; one of the two files is wrong"
+                f"is {image.shape[2]}x{image.shape[1]}; one of the two files is wrong"
             )
-        image = tv_tensors.Image(torch.from_numpy(image.copy()).permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64)))
         return self.transforms(image, mask) if self.transforms is not None else (image, mask)
+
+
+def _read_sbd_mask(path: Path) -> np.ndarray:
+    """The (H, W) labels of SBD's ``.mat`` mask ``path`` (its ``GTcls.Segmentation`` field)."""
+    from scipy.io import loadmat  # present: the constructor checked it (see _sbd)
+
+    if not path.is_file():
+        raise UserError(f"the SBD mask {path} does not exist; extract the SBD archive again ({SBD_URL})")
+    try:
+        return np.asarray(loadmat(str(path))["GTcls"][0]["Segmentation"][0])
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise UserError(
+            f"cannot read the SBD mask {path} ({error}): the file is corrupt or truncated; "
+            f"extract it again from the SBD archive ({SBD_URL})"
+        ) from error

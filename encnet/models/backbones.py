@@ -73,6 +73,7 @@ from torchvision.models import ResNet, ResNet50_Weights, ResNet101_Weights, Weig
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
+from ..errors import UserError
 from .files import read_file
 from .zoo import published_backbone
 
@@ -164,7 +165,7 @@ def _is_local_file(weights: WeightsBackbone) -> bool:
 def _imagenet_weights(name: str, weights: WeightsEnum | str) -> WeightsEnum:
     """Resolve ``weights`` (an enum, or a name like "IMAGENET1K_V2" or "DEFAULT") for backbone ``name``."""
     if name not in _IMAGENET_WEIGHTS:
-        raise ValueError(
+        raise UserError(
             f"the {name!r} backbone has no ImageNet weights, got weights_backbone={weights!r}; "
             "pass weights_backbone=None, or the path of a .pth state dict of this backbone"
         )
@@ -173,13 +174,13 @@ def _imagenet_weights(name: str, weights: WeightsEnum | str) -> WeightsEnum:
     if isinstance(weights, str):
         member = weights.removeprefix(enum.__name__ + ".")
         if member not in enum.__members__:
-            raise ValueError(
+            raise UserError(
                 f"unknown weights {weights!r} for backbone {name!r}; valid names: {', '.join(valid)} "
                 "(with or without the class prefix), or the path of a local .pth file"
             )
         return enum[member]
     if not isinstance(weights, enum):
-        raise TypeError(
+        raise UserError(
             f"weights_backbone={weights!r} is not a weight of backbone {name!r}; "
             f"expected one of {', '.join(valid)}"
         )
@@ -192,7 +193,7 @@ def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except OSError as error:
-        raise RuntimeError(
+        raise UserError(
             f"could not download the backbone weights {weights} from {weights.url} ({error}). "
             f"Without internet access, either copy that file to {cached} (the torch hub cache; "
             "set TORCH_HOME to move it), or pass the path of a local state dict of the same "
@@ -242,7 +243,7 @@ def dilated_resnet(
             ``encnet.nn.SyncBatchNorm``, ...), called with the channel count.
     """
     if name not in STAGE_CHANNELS:
-        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(STAGE_CHANNELS)}")
+        raise UserError(f"unknown backbone {name!r}; valid backbones: {', '.join(STAGE_CHANNELS)}")
     backbone = IntermediateLayerGetter(
         _resnet(name, norm_layer), return_layers={"layer2": "c2", "layer3": "c3", "layer4": "c4"}
     )
@@ -250,7 +251,7 @@ def dilated_resnet(
         return backbone
     if _is_local_file(weights):
         if not os.path.isfile(weights):
-            raise FileNotFoundError(
+            raise UserError(
                 f"weights_backbone={str(weights)!r} is not a file; pass the path of a .pth state dict, "
                 "an ImageNet weights name (e.g. 'IMAGENET1K_V1', or 'resnet50s' for the deep-stem backbones), or None"
             )
@@ -265,7 +266,7 @@ def dilated_resnet(
     unexpected = sorted(set(state_dict) - set(own))
     reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or reshaped:
-        raise ValueError(
+        raise UserError(
             f"the weights {str(weights)!r} do not fit the {name!r} backbone (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, reshaped {reshaped[:3]}); expected the ImageNet weights of this ResNet in "
             "torchvision's, PyTorch-Encoding's or mmsegmentation's layout (keys like 'conv1.0.weight' or "

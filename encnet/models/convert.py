@@ -5,7 +5,7 @@ Three projects publish EncNet weights, each with its own names for the same tens
 ==================  =====================================  =======================================
 layout              recognised by                          what it is
 ==================  =====================================  =======================================
-encnet              ``{"format": "encnet-checkpoint-1"}``  a run of ``encnet train``
+encnet              ``{"format": "encnet-checkpoint-2"}``  a run of ``encnet train``
                     or keys ``backbone.*`` + ``head.*``     (or its bare ``state_dict``)
 PyTorch-Encoding    keys ``pretrained.*`` + ``head.*``     the authors' ``EncNet`` / ``FCN`` modules
 mmsegmentation      ``{"state_dict": {"backbone.*",        an ``EncoderDecoder``: ResNetV1c +
@@ -41,8 +41,9 @@ from typing import Any, Iterable, Union
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import FORMAT, CheckpointError
+from ..checkpoint import FORMAT, UNCHECKED_FORMAT, CheckpointError, checksum
 from ..data import DATASETS
+from ..errors import UserError
 from .files import read_file
 from .segmentation import build_model
 from .zoo import PUBLISHED, Published
@@ -133,7 +134,10 @@ def _rename(state: StateDict, table: tuple[tuple[str, str], ...], dropped: tuple
 
 def _layout(checkpoint: Any) -> tuple[str, StateDict]:
     """(layout name, the file's tensors) of a loaded checkpoint."""
-    if isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT:
+    if isinstance(checkpoint, dict) and checkpoint.get("format") in (FORMAT, UNCHECKED_FORMAT):
+        if checkpoint["format"] == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
+            raise CheckpointError("the encnet checkpoint's tensors do not match its checksum: the file is corrupt "
+                                  "(bytes changed since it was written); use another copy or an earlier checkpoint")
         return "encnet", checkpoint["model"]
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
@@ -280,11 +284,11 @@ def load_weights(name_or_path: str | os.PathLike, *, num_classes: int | None = N
     """``(model, entry)``: a published name is fetched, a path read; ``entry`` is None for a path."""
     entry = PUBLISHED.get(str(name_or_path))
     if entry is not None and entry.kind != "segmentation":
-        raise ValueError(f"{entry.name!r} is an ImageNet backbone, not a segmentation model; "
+        raise UserError(f"{entry.name!r} is an ImageNet backbone, not a segmentation model; "
                          "pass it as --weights-backbone of a model to train")
     path = entry.fetch(progress=progress) if entry is not None else Path(name_or_path)
     if entry is None and not path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"{str(name_or_path)!r} is neither a published name nor a file; valid names: "
             f"{', '.join(name for name, e in PUBLISHED.items() if e.kind == 'segmentation')}"
         )

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import torch
 
+from ..errors import UserError
 from ..checkpoint import CheckpointError
 
 
@@ -28,7 +29,7 @@ def read_file(path: str | os.PathLike, *, map_location: Any = "cpu", allow: Iter
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass the path of a .pth/.pt file or a published name")
+        raise UserError(f"no checkpoint at {str(path)!r}; pass the path of a .pth/.pt file or a published name")
     source: Any = path
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..nn import ContextEncoding
 from .backbones import STAGE_CHANNELS, NormLayer, WeightsBackbone, dilated_resnet
 
@@ -156,7 +157,7 @@ class EncNet(nn.Module):
 
 def _check_num_classes(num_classes: int) -> None:
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
+        raise UserError(
             f"num_classes must be a positive int, got {num_classes!r}; "
             "use the dataset's num_classes (e.g. 150 for ADE20K, 59 for PASCAL-Context)"
         )
@@ -332,7 +333,7 @@ def build_model(model: str, backbone: str, **kwargs) -> nn.Module:
     their 101-layer versions, "small"); ``kwargs`` go to the builder.
     """
     if model not in _BUILDERS:
-        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(_BUILDERS)}")
+        raise UserError(f"unknown model {model!r}; valid models: {', '.join(_BUILDERS)}")
     if backbone not in _BUILDERS[model]:
-        raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(_BUILDERS[model])}")
+        raise UserError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(_BUILDERS[model])}")
     return _BUILDERS[model][backbone](**kwargs)

@@ -35,6 +35,7 @@ import torch
 
 from ..data import DATASETS
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import UserError
 from .files import read_file
 
 
@@ -137,13 +138,13 @@ class Published:
             data = path.read_bytes()
         digest = hashlib.sha1(data).hexdigest()
         if digest != self.sha1:
-            raise ValueError(
+            raise UserError(
                 f"{path} has SHA-1 {digest}, not the published {self.sha1} of {self.name!r}: the file is "
                 "corrupt or another one; delete it and fetch it again"
             )
 
 
-class WeightsNotCached(FileNotFoundError):
+class WeightsNotCached(UserError):
     """Published weights that are neither in the cache nor downloadable (offline)."""
 
 
@@ -202,7 +203,7 @@ PUBLISHED: dict[str, Published] = {entry.name: entry for entry in _ENTRIES}
 def get(name: str) -> Published:
     """The entry ``name``; an unknown name is an error listing the valid ones."""
     if name not in PUBLISHED:
-        raise ValueError(f"unknown published weights {name!r}; valid names: {', '.join(PUBLISHED)}")
+        raise UserError(f"unknown published weights {name!r}; valid names: {', '.join(PUBLISHED)}")
     return PUBLISHED[name]
 
 
@@ -210,7 +211,7 @@ def published_backbone(backbone: str, name: Any) -> dict:
     """The state dict of the published ImageNet weights ``name`` of ``backbone`` (fetched if needed)."""
     names = [entry.name for entry in PUBLISHED.values() if entry.kind == "backbone" and entry.backbone == backbone]
     if name not in names:
-        raise ValueError(
+        raise UserError(
             f"unknown weights {name!r} for backbone {backbone!r}; valid names: {', '.join(names) or 'none'}, "
             "or the path of a local file of this backbone"
         )
