@@ -40,7 +40,7 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -136,11 +136,21 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
         )
     checkpoint = {"format": FORMAT, **checkpoint}
     checkpoint["checksum"] = checksum(checkpoint)
+    write_atomically(path, lambda file: torch.save(checkpoint, file))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """``write(file)`` into a temporary ``.NAME.*.tmp`` beside ``path``, flush it to disk, rename it to ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never a
+    truncated one; a stray temporary file is removed by the next run of the folder.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            torch.save(checkpoint, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, 0o644)  # mkstemp creates it private (0600)

@@ -37,11 +37,10 @@ import json
 import math
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, write_atomically
 from .errors import UserError
 
 RUN_FILES = ("checkpoint.pt", "log.jsonl", "metrics.json")
@@ -183,18 +182,7 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary ``.NAME.*.tmp`` beside ``path``, flush it to disk, rename it to ``path``."""
+    """Write ``text`` to ``path`` atomically (see :func:`encnet.checkpoint.write_atomically`)."""
     if path.is_dir():
         raise UserError(f"{str(path)!r} is a folder; pass a file path for the JSON output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates it private (0600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: file.write(text.encode()))

@@ -1,5 +1,3 @@
-import urllib.error
-
 import pytest
 import torch
 import torchvision
@@ -150,20 +148,6 @@ def test_builders_are_keyword_only():
         fcn_small(3)
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache in tmp_path; any download attempt raises instead of touching the network."""
-    attempts = []
-
-    def refuse(url, *args, **kwargs):
-        attempts.append(url)
-        raise urllib.error.URLError("network blocked by the test")
-
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    return tmp_path, attempts
-
-
 @pytest.mark.parametrize("weights", ["IMAGENET1K_V1", torchvision.models.ResNet50_Weights.IMAGENET1K_V1])
 def test_offline_pretrained_weights_error_says_where_to_put_the_file(offline_hub, weights):
     hub_dir, attempts = offline_hub
@@ -179,7 +163,7 @@ def test_offline_pretrained_weights_error_says_where_to_put_the_file(offline_hub
 def test_file_placed_in_the_hub_cache_is_loaded_without_download(offline_hub):
     hub_dir, attempts = offline_hub
     reference = torchvision.models.resnet50()
-    (hub_dir / "checkpoints").mkdir()
+    (hub_dir / "checkpoints").mkdir(parents=True)
     torch.save(reference.state_dict(), hub_dir / "checkpoints" / "resnet50-11ad3fa6.pth")
     model = encnet_resnet50(num_classes=NUM_CLASSES, weights_backbone="ResNet50_Weights.IMAGENET1K_V2")
     assert attempts == []

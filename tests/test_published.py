@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -25,20 +24,6 @@ from encnet.errors import UserError
 from encnet.inference import fit_size, long_side_size, padded_sliding_window, predict_protocol
 from encnet.models import build_model, dilated_resnet, from_checkpoint, zoo
 from layouts import random_state, read_layout
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty torch hub cache; a download attempt is recorded and fails as it does offline."""
-    attempts = []
-
-    def refuse(url, *args, **kwargs):
-        attempts.append(url)
-        raise urllib.error.URLError("network blocked by the test")
-
-    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    return tmp_path / "hub", attempts
 
 
 def test_registry_entries_are_complete_and_named_by_their_files():

@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 import mmseg_cpu
+from layout_json import dump
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "layouts"
 
@@ -95,14 +96,6 @@ def backbone_layout(depth: int, title: str) -> dict:
         "num_classes": None,
         "state_dict": {key: list(value.shape) for key, value in backbone.state_dict().items()},
     }
-
-
-def dump(fixture: dict) -> str:
-    """JSON with one state-dict key per line, so that a change of layout reads as a small diff."""
-    head = {key: value for key, value in fixture.items() if key != "state_dict"}
-    lines = [f"  {json.dumps(key)}: {json.dumps(value)}," for key, value in head.items()]
-    keys = [f"    {json.dumps(key)}: {json.dumps(shape)}" for key, shape in fixture["state_dict"].items()]
-    return "{\n" + "\n".join(lines) + '\n  "state_dict": {\n' + ",\n".join(keys) + "\n  }\n}\n"
 
 
 def fixtures() -> dict[str, dict]:

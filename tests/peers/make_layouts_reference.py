@@ -40,6 +40,7 @@ import json
 from pathlib import Path
 
 import pytorch_encoding
+from layout_json import dump
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "layouts"
 
@@ -67,14 +68,6 @@ def layout(zoo_name: str, kind: str, title: str) -> dict:
         "num_classes": model.nclass if kind == "segmentation" else None,
         "state_dict": {key: list(value.shape) for key, value in model.state_dict().items()},
     }
-
-
-def dump(fixture: dict) -> str:
-    """JSON with one state-dict key per line, so that a change of layout reads as a small diff."""
-    head = {key: value for key, value in fixture.items() if key != "state_dict"}
-    lines = [f"  {json.dumps(key)}: {json.dumps(value)}," for key, value in head.items()]
-    keys = [f"    {json.dumps(key)}: {json.dumps(shape)}" for key, shape in fixture["state_dict"].items()]
-    return "{\n" + "\n".join(lines) + '\n  "state_dict": {\n' + ",\n".join(keys) + "\n  }\n}\n"
 
 
 def main(argv: list[str] | None = None) -> None:
