@@ -16,7 +16,7 @@ only the ratios of one run are meaningful):
 
 Extra peak memory is what one forward + backward adds on top of its inputs:
 on CPU the growth of the process's peak resident memory (Linux VmHWM),
-measured in a fresh subprocess per method by ``encnet.memory``; on CUDA
+measured in a fresh subprocess per method by ``encnet.teaching.memory``; on CUDA
 ``torch.cuda.max_memory_allocated``.
 """
 
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from encnet.memory import extra_peak_bytes
+from encnet.teaching.memory import extra_peak_bytes
 from encnet.nn import encoding, encoding_direct
 
 

@@ -12,7 +12,7 @@ an order rotated from round to round, so no layer always follows another); a ste
 lasts as long as its slowest rank, so each time is the median over rounds of
 the slower rank's time, and each ratio the median over rounds of the ratio
 within the round. Each process uses one CPU thread. The rounds are those of
-``encnet.syncbn_demo.count_and_time_collectives`` (also used by notebook 04).
+``encnet.teaching.syncbn.count_and_time_collectives`` (also used by notebook 04).
 
 torch.nn.SyncBatchNorm is tried too: it refuses CPU tensors, and the benchmark
 prints its error. Comparing against it needs GPUs with NCCL; no GPU was lent
@@ -30,8 +30,8 @@ import statistics
 import torch
 from torch import nn
 
-from encnet.distributed import spawn
-from encnet.syncbn_demo import count_and_time_collectives
+from encnet.teaching.processes import spawn
+from encnet.teaching.syncbn import count_and_time_collectives
 
 LAYERS = ("BatchNorm2d", "sync once", "sync twice")
 

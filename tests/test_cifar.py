@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encnet.models import EncodingGate, cifar_encnet, cifar_resnet, cifar_se_resnet
+from encnet.cifar.models import EncodingGate, cifar_encnet, cifar_resnet, cifar_se_resnet
 from encnet.nn import Encoding, EncodingDrop
 
 

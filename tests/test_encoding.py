@@ -144,7 +144,7 @@ def test_never_materialises_the_residual_tensor():
 
 def test_measured_extra_peak_memory_of_both_forms():
     """In fresh processes: the direct formula's residuals show up in the peak, the layer's do not."""
-    from encnet.memory import extra_peak_bytes, probe_result, start_probe
+    from encnet.teaching.memory import extra_peak_bytes, probe_result, start_probe
 
     B, C, N, K = 2, 32, 4096, 64
     residuals = B * N * K * C * 4  # bytes of one float32 (B, N, K, C) tensor: 64 MiB

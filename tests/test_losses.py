@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from encnet.distributed import spawn
+from encnet.teaching.processes import spawn
 from encnet.errors import UserError
 from encnet.losses import EncNetLoss, global_labelled, se_target
 

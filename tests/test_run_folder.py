@@ -18,7 +18,7 @@ from encnet import engine
 from encnet.__main__ import _parser, _train_config, main
 from encnet.checkpoint import load_checkpoint, non_finite
 from encnet.config import preset
-from encnet.distributed import spawn
+from encnet.teaching.processes import spawn
 from encnet.errors import UserError
 from encnet.runs import RunFolder
 

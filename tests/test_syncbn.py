@@ -5,7 +5,7 @@ once (a module-scoped fixture, see ``all_checks``) and returns the measured
 differences and collective counts; the test functions below assert on them.
 The 2-rank cases run in the process group of ranks {0, 1}, a subset of the 3
 ranks, which tests a ``process_group`` argument at the same time. The
-comparisons themselves live in :mod:`encnet.syncbn_demo` (notebook 04 runs them too).
+comparisons themselves live in :mod:`encnet.teaching.syncbn` (notebook 04 runs them too).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from encnet.distributed import spawn
+from encnet.teaching.processes import spawn
 from encnet.nn import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
-from encnet.syncbn_demo import CHANNELS, REFERENCE, STEPS, TAILS, compare_ddp_with_one_process, compare_with_batchnorm
+from encnet.teaching.syncbn import CHANNELS, REFERENCE, STEPS, TAILS, compare_ddp_with_one_process, compare_with_batchnorm
 
 # Cases run on a group of 2 ranks holding 3 and 5 samples (and on a group of 1 rank).
 TWO_RANK_CASES: dict[str, dict[str, Any]] = {

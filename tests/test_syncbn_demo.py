@@ -1,4 +1,4 @@
-"""The experiments of encnet.syncbn_demo that tests/test_syncbn.py does not run, in one launch of 2 ranks.
+"""The experiments of encnet.teaching.syncbn that tests/test_syncbn.py does not run, in one launch of 2 ranks.
 
 The comparison with BatchNorm and DDP on a plain loss are tested in
 tests/test_syncbn.py; here: the per-rank statistics, the recorded collectives
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from encnet.distributed import spawn
+from encnet.teaching.processes import spawn
 from encnet.losses import EncNetLoss
-from encnet.syncbn_demo import count_and_time_collectives, run_each, statistics_per_rank, train_with_ddp
+from encnet.teaching.syncbn import count_and_time_collectives, run_each, statistics_per_rank, train_with_ddp
 
 SIZES = (1, 2)  # unequal shares of a batch of 3
 SHAPE = (1, 3, 2, 2)  # per-rank input of the timed steps: C = 3

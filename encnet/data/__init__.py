@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 
 from . import transforms
 from .ade20k import ADE20K
-from .cifar import CIFAR10_MEAN, CIFAR10_STD, CifarImages, SyntheticCifar10, cifar10
 from .palette import voc_colormap
 from .pcontext import PascalContext
 from .synthetic import SyntheticScenes
@@ -88,16 +87,11 @@ def _synthetic(
 
 __all__ = [
     "ADE20K",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CifarImages",
     "DATASETS",
     "PascalContext",
     "PascalVOC",
-    "SyntheticCifar10",
     "SyntheticScenes",
     "build_dataset",
-    "cifar10",
     "transforms",
     "voc_colormap",
 ]

@@ -1,8 +1,7 @@
-"""Networks: FCN and EncNet on dilated ResNets for segmentation, published checkpoints; the CIFAR-10 family."""
+"""Networks: FCN and EncNet on dilated ResNets for segmentation, published checkpoints (CIFAR-10: :mod:`encnet.cifar`)."""
 
 from . import zoo
 from .backbones import STAGE_CHANNELS, SlimBottleneck, backbone_state_dict, dilated_resnet
-from .cifar import CifarNet, EncodingGate, GatedBlock, cifar_encnet, cifar_resnet, cifar_se_resnet
 from .convert import from_checkpoint, load_weights
 from .segmentation import (
     FCN,
@@ -31,18 +30,12 @@ __all__ = [
     "FCN",
     "MODELS",
     "STAGE_CHANNELS",
-    "CifarNet",
     "EncHead",
     "EncNet",
-    "EncodingGate",
     "FCNHead",
-    "GatedBlock",
     "SlimBottleneck",
     "backbone_state_dict",
     "build_model",
-    "cifar_encnet",
-    "cifar_resnet",
-    "cifar_se_resnet",
     "dilated_resnet",
     "encnet_resnet101",
     "encnet_resnet101_v1c",

@@ -6,7 +6,7 @@ measurement runs in a fresh interpreter, so nothing allocated before (another
 method's gigabytes, a notebook's figures) hides the growth; peak resident
 memory belongs to each process, so several probes may run at once::
 
-    python -m encnet.memory encoding_direct 4 512 3600 32   # method B C N K -> bytes
+    python -m encnet.teaching.memory encoding_direct 4 512 3600 32   # method B C N K -> bytes
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from .nn import encoding, encoding_direct
+from ..nn import encoding, encoding_direct
 
 METHODS = {"encoding": encoding, "encoding_direct": encoding_direct}
 
@@ -47,7 +47,7 @@ def start_probe(method: str, B: int, C: int, N: int, K: int, threads: int = 1) -
     """Start :func:`extra_peak_here` in a fresh interpreter; read the result with :func:`probe_result`."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
-    cmd = [sys.executable, "-m", "encnet.memory", method, *map(str, (B, C, N, K, threads))]
+    cmd = [sys.executable, "-m", "encnet.teaching.memory", method, *map(str, (B, C, N, K, threads))]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

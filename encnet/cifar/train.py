@@ -1,4 +1,4 @@
-r"""Training and evaluating the CIFAR-10 classifiers (:mod:`encnet.models.cifar`).
+r"""Training and evaluating the CIFAR-10 classifiers (:mod:`encnet.cifar.models`).
 
 The reference recipe of the paper's CIFAR-10 experiment: cross-entropy loss,
 SGD with momentum 0.9 and weight decay :math:`10^{-4}`, batch 128, a cosine

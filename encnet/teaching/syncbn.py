@@ -1,11 +1,11 @@
 r"""Synchronized batch norm at work across processes: what notebook 04 runs, and its tests.
 
 The functions whose first two parameters are ``(rank, world_size)`` are meant
-for :func:`encnet.distributed.spawn`, which runs them in ``world_size``
+for :func:`encnet.teaching.processes.spawn`, which runs them in ``world_size``
 processes joined by a gloo process group and returns each rank's value::
 
-    from encnet.distributed import spawn
-    from encnet.syncbn_demo import check_against_batchnorm
+    from encnet.teaching.processes import spawn
+    from encnet.teaching.syncbn import check_against_batchnorm
     per_rank = spawn(check_against_batchnorm, 2, {"once": {"sizes": (3, 5), "sync": "once"}})
 
 * :func:`statistics_per_rank`: the per-channel mean and variance each rank's
@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .nn import SyncBatchNorm, convert_sync_batchnorm
+from ..nn import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "Collective",
@@ -379,7 +379,7 @@ def train_with_ddp(
 def run_each(rank: int, world_size: int, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
     """``[fn(rank, world_size, *args) for fn, args in calls]``: several experiments in one launch.
 
-    Each process of :func:`encnet.distributed.spawn` starts a Python
+    Each process of :func:`encnet.teaching.processes.spawn` starts a Python
     interpreter and imports torch, seconds on a laptop; this runs several
     functions in the same processes, one after the other. Like the function
     given to ``spawn``, each ``fn`` must be a module-level function of an
