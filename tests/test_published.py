@@ -180,3 +180,27 @@ def test_evaluate_weights_offline_is_one_clear_error(offline_hub, tmp_path, caps
                  "--data-root", str(tmp_path)]) != 0
     error = capsys.readouterr().err
     assert zoo.get("encnet_resnet50s_ade").url in error and "place it at" in error
+
+
+def test_evaluate_published_weights_prints_the_published_figure(offline_hub, tmp_path, capsys, monkeypatch):
+    """A published mmsegmentation file placed in the cache is scored on an ADE20K tree with its protocol."""
+    from test_data_real import make_ade
+
+    hub, attempts = offline_hub
+    entry = zoo.get("encnet_r50-d8_512x512_80k_ade20k")
+    entry.path.parent.mkdir(parents=True)
+    torch.save({"state_dict": random_state(read_layout("mmseg_encnet_r50_ade20k")["state_dict"]),
+                "meta": {"CLASSES": list(entry.classes)}}, entry.path)
+    small = zoo.Protocol(fit=(64, 32))  # the published one fits each image in 2048 x 512
+    monkeypatch.setattr(zoo, "PUBLISHED", {**zoo.PUBLISHED, entry.name: zoo.Published(
+        **{**entry.__dict__, "protocol": small})})
+    root = tmp_path / "data"
+    make_ade(root)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--weights", entry.name, "--data-root", str(root), "--out", str(out),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "published by mmsegmentation (single scale): mIoU 39.53" in printed and attempts == []
+    metrics = json.loads(out.read_text())
+    assert metrics["weights"] == entry.name and metrics["protocol"]["fit"] == [64, 32]
+    assert 0 <= metrics["pixAcc"] <= 1 and len(metrics["IoU"]) == 150

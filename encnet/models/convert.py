@@ -46,7 +46,8 @@ from ..data import DATASETS
 from ..errors import UserError
 from .files import read_file
 from .segmentation import build_model
-from .zoo import PUBLISHED, Published
+from . import zoo
+from .zoo import Published
 
 StateDict = dict[str, Tensor]
 Source = Union[str, os.PathLike, dict]
@@ -282,7 +283,7 @@ def from_checkpoint(
 
 def load_weights(name_or_path: str | os.PathLike, *, num_classes: int | None = None, progress: bool = True) -> tuple[nn.Module, Published | None]:
     """``(model, entry)``: a published name is fetched, a path read; ``entry`` is None for a path."""
-    entry = PUBLISHED.get(str(name_or_path))
+    entry = zoo.PUBLISHED.get(str(name_or_path))
     if entry is not None and entry.kind != "segmentation":
         raise UserError(f"{entry.name!r} is an ImageNet backbone, not a segmentation model; "
                          "pass it as --weights-backbone of a model to train")
@@ -290,6 +291,6 @@ def load_weights(name_or_path: str | os.PathLike, *, num_classes: int | None = N
     if entry is None and not path.is_file():
         raise UserError(
             f"{str(name_or_path)!r} is neither a published name nor a file; valid names: "
-            f"{', '.join(name for name, e in PUBLISHED.items() if e.kind == 'segmentation')}"
+            f"{', '.join(name for name, e in zoo.PUBLISHED.items() if e.kind == 'segmentation')}"
         )
     return from_checkpoint(path, num_classes=num_classes), entry
