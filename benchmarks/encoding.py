@@ -7,7 +7,7 @@ Three ways of running one forward + backward pass of the Encoding Layer at the
 same shapes, timed side by side in one run (the machine is shared and noisy, so
 only the ratios of one run are meaningful):
 
-- ``encoding``: this project's layer (two matrix products, see encnet/nn/encoding.py);
+- ``encoding``: this project's layer (two matrix products, see encnet/nn/functional.py);
 - ``direct``: the formula as written, which builds the B x N x K x C residuals;
 - ``matmul floor``: only the matrix products the layer is made of, D X and
   A^T X, and the four products of their backward pass, with nothing else (no
@@ -29,7 +29,7 @@ import time
 import torch
 
 from encnet.teaching.memory import extra_peak_bytes
-from encnet.nn import encoding, encoding_direct
+from encnet.nn.functional import encoding, encoding_direct
 
 
 def make_inputs(args, device):

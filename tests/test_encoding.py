@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from encnet.nn import ContextEncoding, Encoding, EncodingDrop, encoding, encoding_direct
+from encnet.nn import ContextEncoding, Encoding, EncodingDrop
+from encnet.nn.functional import encoding, encoding_direct
 
 
 def _params(K, C, dtype=torch.float64, smoothing_range=(0.0, 1.0), seed=0):
@@ -154,3 +155,13 @@ def test_measured_extra_peak_memory_of_both_forms():
     assert efficient < residuals / 2
     with pytest.raises(ValueError, match="expected one of"):
         extra_peak_bytes("vlad", B, C, N, K)
+
+
+def test_encnet_nn_encoding_is_the_module_and_functional_holds_the_functions():
+    import types
+
+    import encnet.nn.encoding as module
+    import encnet.nn.functional as F_enc
+
+    assert isinstance(module, types.ModuleType) and module.Encoding is Encoding
+    assert F_enc.encoding is encoding and not hasattr(module, "encoding_direct")

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from ..nn import encoding, encoding_direct
+from ..nn.functional import encoding, encoding_direct
 
 METHODS = {"encoding": encoding, "encoding_direct": encoding_direct}
 

@@ -15,7 +15,7 @@ copied here. Two things stand in for parts that cannot run on this machine:
        \mathrm{aggregate}(A, X, C)_{bk} = \sum_i a_{ik} (x_i - c_k)
                                        = (A^\top X)_k - \Big(\sum_i a_{ik}\Big) c_k.
 
-   The distances come from encnet's own :func:`encnet.nn.encoding.squared_distances`.
+   The distances come from encnet's own :func:`encnet.nn.functional.squared_distances`.
    The reference's Encoding computes ``softmax_k(scaled_l2(X, C, scale))``, so its
    ``scale`` is minus encnet's ``smoothing``. Every other compiled op (sync BN in
    training mode, NMS, rectified conv) raises a clear error when called.
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from encnet.nn.encoding import squared_distances
+from encnet.nn.functional import squared_distances
 
 SOURCE = Path(__file__).resolve().parents[2] / "build" / "peers" / "torch-encoding-1.2.1"
 VERSION = "PyTorch-Encoding 1.2.1 (PyPI sdist torch-encoding-1.2.1.tar.gz = git tag v1.2.1)"

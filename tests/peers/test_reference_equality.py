@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 import pytorch_encoding
 from encnet.models import dilated_resnet, from_checkpoint
-from encnet.nn.encoding import encoding_direct
+from encnet.nn.functional import encoding_direct
 
 REASON = pytorch_encoding.missing()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
