@@ -1,31 +1,45 @@
 # Two commands do everything on a fresh machine:
 #   make reproduce   set up, then run the main job on the embedded synthetic data
-#   make test        set up, then run the tests (unit tests and the notebooks)
+#   make test        set up, then lint (ruff) and run the tests (unit tests and the notebooks)
 # `make lab` opens JupyterLab on the notebooks.
+# `make lock` refreshes the pinned versions in constraints.txt (needs PyPI).
 # `make peers` checks encnet against mmsegmentation's and PyTorch-Encoding's own code (needs PyPI).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup reproduce test lab peers clean
+.PHONY: setup reproduce test lab lock peers clean
 
 setup: $(STAMP)
 
-# The install is redone only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Every package at its version in constraints.txt; the install is redone when pyproject.toml or
+# constraints.txt changes.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
+
+# A fresh temporary venv, the package and its test extra installed unpinned (the newest releases
+# pyproject.toml allows), then its pip freeze, without encnet itself, becomes constraints.txt.
+lock:
+	lock=$$(mktemp -d) && trap 'rm -rf "$$lock"' EXIT && \
+	$(PYTHON) -m venv "$$lock" && \
+	"$$lock/bin/python" -m pip install --quiet --upgrade pip && \
+	"$$lock/bin/python" -m pip install --quiet ".[test]" && \
+	{ sed -n '/^#/p' $(CONSTRAINTS); "$$lock/bin/python" -m pip freeze --exclude encnet; } > "$$lock/constraints.txt" && \
+	mv "$$lock/constraints.txt" $(CONSTRAINTS)
 
 # All numbered notebooks, full settings, into build/ (executed .ipynb and .html).
 reproduce: $(STAMP)
 	$(BIN)/python notebooks/reproduce.py
 
-# Unit tests, then the notebooks under the quick switch, checked by nbval.
+# Lint, then the unit tests, then the notebooks under the quick switch, checked by nbval.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	ENCNET_QUICK=1 $(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 lab: $(STAMP)
