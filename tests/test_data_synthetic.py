@@ -43,22 +43,44 @@ def test_scene_of_names_the_scene_the_mask_shows(scenes):
     assert {scenes.scene_of(i) for i in range(len(scenes))} == set(range(len(SCENES)))
 
 
+def test_decode_and_label_give_each_class_its_scene_and_part_by_name():
+    scene, part = SyntheticScenes.decode(torch.arange(SyntheticScenes.num_classes).reshape(1, 17))
+    assert scene.shape == part.shape == (1, 17)
+    named = {SyntheticScenes.classes[c]: (s, SyntheticScenes.parts[p]) for c, (s, p) in
+             enumerate(zip(scene[0].tolist(), part[0].tolist()))}
+    assert named["ground"] == (-1, "ground")
+    for s, row in enumerate(SCENES):  # the names of SCENES, matched by name, not by position
+        for part_name in SyntheticScenes.parts[1:]:
+            name = getattr(row, part_name)
+            assert named[name] == (s, part_name)
+            assert SyntheticScenes.classes[SyntheticScenes.label(s, part_name)] == name
+    ambiguous = sorted(SyntheticScenes.classes.index(name) for row in SCENES for name in (row.box, row.disc))
+    assert list(SyntheticScenes.ambiguous) == ambiguous and len(ambiguous) == 8
+    with pytest.raises(ValueError, match=r"labels of SyntheticScenes are in \[0, 17\), got values from 0 to 255"):
+        SyntheticScenes.decode(torch.tensor([0, 255]))
+    with pytest.raises(ValueError, match="a part in"):
+        SyntheticScenes.label(0, "ground")
+
+
 def test_ambiguous_objects_are_pixel_identical_across_scenes_and_far_from_the_cues(scenes):
     size = scenes.image_size
     lower = int(0.5 * size)  # below the backdrop and landmarks, above the objects' region
-    ambiguous = {scenes.classes.index(name) for scene in SCENES for name in (scene.box, scene.disc)}
+    ambiguous = set(scenes.ambiguous)
     for index in range(8):
         renders = [scenes.render(index, scene=s) for s in range(len(SCENES))]
         for image, mask in renders[1:]:
             torch.testing.assert_close(image[:, lower:], renders[0][0][:, lower:], rtol=0, atol=0)
             assert torch.equal(mask[lower:] == 0, renders[0][1][lower:] == 0)  # same object pixels
-        for s, (image, mask) in enumerate(renders):
+        for s, (_, mask) in enumerate(renders):
             rows = torch.nonzero(torch.isin(mask, torch.tensor(sorted(ambiguous))))[:, 0]
             cues = torch.nonzero((mask != 0) & ~torch.isin(mask, torch.tensor(sorted(ambiguous))))[:, 0]
             assert rows.numel() > 0 and rows.min() >= int(0.6 * size)
             assert cues.max() < lower
             object_labels = set(mask[mask != 0].tolist()) & ambiguous
-            assert object_labels <= {scenes.classes.index(SCENES[s].box), scenes.classes.index(SCENES[s].disc)}
+            assert object_labels <= {scenes.label(s, "box"), scenes.label(s, "disc")}
+            scene, part = scenes.decode(mask)
+            assert torch.equal(torch.isin(mask, torch.tensor(scenes.ambiguous)), part >= scenes.parts.index("box"))
+            assert set(scene[mask != 0].tolist()) == {s}
 
 
 def test_bad_arguments_say_what_is_expected():

@@ -40,8 +40,11 @@ random draws: the four scenes of one layout show the very same objects with
 four different labels.
 
 Classes (17): 0 ``ground``, then per scene its backdrop, landmark, box class
-and disc class (:attr:`SyntheticScenes.classes`); eight of them are ambiguous.
-No pixel is ignored (the mask holds no 255).
+and disc class (:attr:`SyntheticScenes.classes`); the eight box and disc classes
+are ambiguous (:attr:`SyntheticScenes.ambiguous`). No pixel is ignored (the mask
+holds no 255). :meth:`SyntheticScenes.decode` tells the scene and the part
+(:attr:`SyntheticScenes.parts`) of any label, :meth:`SyntheticScenes.label` the
+label of a scene's part, so that no user needs the order of the classes.
 
 Images are rendered in RGB [0, 1] with per-pixel noise and a per-image
 brightness jitter (the same distributions in every scene), then normalised with
@@ -55,7 +58,8 @@ gives the same image on any machine, "train" and "val" draw from different
 streams, and nothing is stored. Rendering is numpy on the whole image or on
 small windows; ``data/README.md`` has its measured speed, from::
 
-    python -m timeit -s "import itertools, encnet.data as d; s = d.SyntheticScenes(num_samples=10**9, image_size=96); i = itertools.count()" "s[next(i)]"
+    python -m timeit -s "import itertools, encnet.data as d; i = itertools.count()" \
+        -s "s = d.SyntheticScenes(num_samples=10**9, image_size=96)" "s[next(i)]"
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ PALETTE = (
     (40, 140, 40), (0, 80, 0), (160, 200, 60), (230, 230, 120),  # garden
 )
 SPLITS = {"train": 0, "val": 1}
+PARTS = ("ground",) + Scene._fields[1:]  # ground, backdrop, landmark, box, disc
+AMBIGUOUS_PARTS = ("box", "disc")
 
 # Colours in RGB [0, 1] of the shared (scene-independent) things.
 _GROUND = (0.56, 0.54, 0.49)
@@ -104,8 +110,13 @@ _NOISE, _BRIGHTNESS = 0.07, (0.9, 1.1)  # noise std 0.07 / sqrt(3) = 0.04
 
 
 def _class_id(scene: int, part: int) -> int:
-    """Label of part 1 (backdrop), 2 (landmark), 3 (box) or 4 (disc) of a scene."""
+    """Label of part 1 (backdrop), 2 (landmark), 3 (box) or 4 (disc) of a scene (0: the ground, no scene)."""
     return 4 * scene + part
+
+
+# Scene (-1 for the ground) and part (an index into PARTS) of every label, in the order of CLASSES.
+_SCENE_OF = torch.tensor([-1] + [scene for scene in range(len(SCENES)) for _ in PARTS[1:]])
+_PART_OF = torch.tensor([0] + [part for _ in SCENES for part in range(1, len(PARTS))])
 
 
 def _textures(size: int) -> np.ndarray:
@@ -192,13 +203,40 @@ class SyntheticScenes(Dataset):
     Items are ``(image, mask)``: ``image`` float32 ``(3, S, S)`` normalised with the
     ImageNet mean and std; ``mask`` int64 ``(S, S)`` with labels in ``[0, 17)``
     (no ignored pixels). :meth:`scene_of` gives a sample's scene type, an index
-    into :attr:`scenes`.
+    into :attr:`scenes`; :meth:`decode` the scene and part of labels.
     """
 
     classes = CLASSES
     num_classes = len(CLASSES)
     palette = PALETTE
     scenes = tuple(scene.name for scene in SCENES)
+    parts = PARTS
+    # The labels of the boxes and discs (8, ascending): the same pixels in every scene, told apart by it alone.
+    ambiguous = tuple(sorted(_class_id(s, PARTS.index(part)) for s in range(len(SCENES)) for part in AMBIGUOUS_PARTS))
+
+    @staticmethod
+    def label(scene: int, part: str) -> int:
+        """Label of ``part`` (one of :attr:`parts` but "ground") of scene ``scene`` (an index into :attr:`scenes`).
+
+        ``label(1, "box")`` is the label of ``"boat"``: a box in the harbour.
+        """
+        if part not in PARTS[1:] or not 0 <= scene < len(SCENES):
+            raise ValueError(f"expected a scene in [0, {len(SCENES)}) and a part in {PARTS[1:]}, got {scene}, {part!r}")
+        return _class_id(scene, PARTS.index(part))
+
+    @staticmethod
+    def decode(labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(scene, part) of every label of ``labels`` (any shape, ints in ``[0, 17)``), two tensors of its shape.
+
+        ``scene`` is an index into :attr:`scenes`, -1 for the ground (no scene's own);
+        ``part`` an index into :attr:`parts` (0 ground, 1 backdrop, 2 landmark, 3 box, 4 disc).
+        A box predicted in the wrong scene has the right part and the wrong scene.
+        """
+        labels = torch.as_tensor(labels)
+        if labels.numel() and not (0 <= labels.min() and labels.max() < len(CLASSES)):
+            raise ValueError(f"labels of SyntheticScenes are in [0, {len(CLASSES)}), "
+                             f"got values from {labels.min().item()} to {labels.max().item()}")
+        return _SCENE_OF.to(labels.device)[labels], _PART_OF.to(labels.device)[labels]
 
     def __init__(self, split: str = "train", num_samples: int = 2000, image_size: int = 64, seed: int = 0) -> None:
         if split not in SPLITS:
