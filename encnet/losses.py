@@ -44,19 +44,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import UserError
-
-
-def _check_labels(mask: Tensor, num_classes: int, ignore_index: int) -> Tensor:
-    """``mask != ignore_index``; a label outside ``[0, num_classes)`` that is not ignored is a :class:`UserError`."""
-    valid = mask != ignore_index
-    bad = valid & ((mask < 0) | (mask >= num_classes))
-    if bad.any():
-        raise UserError(
-            f"mask holds label {mask[bad][0].item()}, outside [0, {num_classes}) and not the "
-            f"ignore index {ignore_index}; check num_classes or the dataset's label mapping"
-        )
-    return valid
+from .metrics import labelled_pixels
 
 
 def se_target(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -67,7 +55,7 @@ def se_target(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor
     if mask.dim() < 2:
         raise ValueError(f"se_target expects a (B, H, W) mask, got shape {tuple(mask.shape)}")
     labels = mask.flatten(1).long()  # (B, HW)
-    valid = _check_labels(labels, num_classes, ignore_index)
+    valid = labelled_pixels(labels, num_classes, ignore_index)
     # Scatter into one extra column that collects the ignored pixels, then drop it.
     present = torch.zeros(labels.size(0), num_classes + 1, device=mask.device)
     present.scatter_(1, torch.where(valid, labels, num_classes), 1.0)
@@ -113,7 +101,7 @@ class EncNetLoss(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if "out" not in outputs:
             raise KeyError(f"EncNetLoss needs the model's 'out' logits, got keys {sorted(outputs)}")
-        valid = _check_labels(mask, outputs["out"].size(1), self.ignore_index)
+        valid = labelled_pixels(mask, outputs["out"].size(1), self.ignore_index)
         world = dist.get_world_size() if labelled is not None and dist.is_initialized() else 1
         count = valid.sum() if labelled is None else torch.as_tensor(labelled, device=mask.device)
         scale = world / count.clamp(min=1).to(outputs["out"].dtype)  # a batch with no labelled pixel: 0, not NaN

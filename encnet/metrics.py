@@ -22,6 +22,24 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .errors import UserError
+
+
+def labelled_pixels(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """Which pixels are labelled: ``mask != ignore_index``, a bool tensor of ``mask``'s shape.
+
+    A label outside ``[0, num_classes)`` that is not ``ignore_index`` is a :class:`UserError`
+    (a dataset whose label mapping does not match the model); the loss and the metric both check.
+    """
+    valid = mask != ignore_index
+    bad = valid & ((mask < 0) | (mask >= num_classes))
+    if bad.any():
+        raise UserError(
+            f"mask holds label {mask[bad][0].item()}, outside [0, {num_classes}) and not the "
+            f"ignore index {ignore_index}; check num_classes or the dataset's label mapping"
+        )
+    return valid
+
 
 class SegmentationMetric:
     """Confusion-matrix based pixAcc / mIoU, accumulated with :meth:`update`."""
@@ -49,13 +67,7 @@ class SegmentationMetric:
             )
         K = self.num_classes
         target, pred = target.long(), pred.long()
-        valid = target != self.ignore_index
-        bad = valid & ((target < 0) | (target >= K))
-        if bad.any():
-            raise ValueError(
-                f"target holds label {target[bad][0].item()}, outside [0, {K}) and not the ignore "
-                f"index {self.ignore_index}; check num_classes or the dataset's label mapping"
-            )
+        valid = labelled_pixels(target, K, self.ignore_index)
         if ((pred < 0) | (pred >= K)).any():
             raise ValueError(f"predicted labels must lie in [0, {K})")
         counts = torch.bincount(target[valid] * K + pred[valid], minlength=K * K).view(K, K)
