@@ -91,3 +91,10 @@ def test_denormalize_inverts_the_imagenet_normalisation():
     rgb = torch.rand(2, 3, 4, 5)
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     torch.testing.assert_close(denormalize((rgb - mean) / std), rgb)
+
+
+def test_denormalize_takes_another_dataset_s_mean_and_std():
+    rgb, mean, std = torch.rand(3, 4, 5), (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    normalised = (rgb - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(denormalize(normalised, mean, std), rgb)
+    assert not torch.allclose(denormalize(normalised), rgb)  # the ImageNet default is another normalisation

@@ -24,6 +24,7 @@ images (and multi-scale) is the evaluation's job, not the loader's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -96,8 +97,14 @@ def val_transforms(*, crop_size: int) -> v2.Compose:
     return v2.Compose([v2.Resize(crop_size), v2.CenterCrop(crop_size), *to_normalised_tensors()])
 
 
-def denormalize(image: Tensor) -> Tensor:
-    """Undo the ImageNet normalisation: (3, H, W) or (B, 3, H, W) -> RGB in [0, 1], for display."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=image.device)[:, None, None]
+def denormalize(
+    image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Tensor:
+    """Undo a normalisation, by default ImageNet's: (3, H, W) or (B, 3, H, W) -> RGB in [0, 1], for display.
+
+    ``x * std + mean`` per channel, clamped to [0, 1]; CIFAR-10 passes its own
+    ``CIFAR10_MEAN`` and ``CIFAR10_STD``.
+    """
+    mean = torch.tensor(mean, device=image.device)[:, None, None]
+    std = torch.tensor(std, device=image.device)[:, None, None]
     return (image * std + mean).clamp(0, 1)
