@@ -1,7 +1,7 @@
 """Encoding Layer: memory-efficient form against the direct formula and the matmul floor.
 
-    python benchmarks/encoding.py                 # EncNet's size: B=4, C=512, 60x60, K=32
-    python benchmarks/encoding.py --device cuda   # the same on a GPU
+    python benchmarks/encoding.py                 # EncNet's size: B=4, C=512, 60x60, K=32, on the GPU if any
+    python benchmarks/encoding.py --device cpu    # the same on the CPU
 
 Three ways of running one forward + backward pass of the Encoding Layer at the
 same shapes, timed side by side in one run (the machine is shared and noisy, so
@@ -27,9 +27,10 @@ import statistics
 import time
 
 import torch
+from measure import cuda_extra_peak_bytes, default_device, describe, sync
 
-from encnet.teaching.memory import extra_peak_bytes
 from encnet.nn.functional import encoding, encoding_direct
+from encnet.teaching.memory import extra_peak_bytes
 
 
 def make_inputs(args, device):
@@ -61,11 +62,6 @@ def step(method, x, codewords, smoothing, assignment):
         t.grad = None
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_methods(args, device):
     """Median seconds per forward + backward of each method.
 
@@ -93,12 +89,7 @@ def time_methods(args, device):
 def cuda_peak_memory_of(method, args, device):
     """Extra peak bytes of one forward + backward on a GPU (allocator statistics)."""
     inputs = make_inputs(args, device)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step(method, *inputs)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return cuda_extra_peak_bytes(lambda: step(method, *inputs), device)
 
 
 def main() -> None:
@@ -110,15 +101,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--direct-repeats", type=int, default=3, help="rounds that also time the slow direct formula")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=default_device(), help="default: cuda if a GPU is available, else cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
     N = args.size * args.size
     print(f"Encoding Layer, forward + backward: B={args.batch}, C={args.channels}, "
-          f"N={args.size}x{args.size}={N}, K={args.codes}, float32, {device}"
-          + (f", {args.threads} threads" if device.type == "cpu" else f" ({torch.cuda.get_device_name()})"))
+          f"N={args.size}x{args.size}={N}, K={args.codes}, float32, {describe(device, args.threads)}")
     times = time_methods(args, device)
     shape = (args.batch, args.channels, N, args.codes)
     if device.type == "cpu":

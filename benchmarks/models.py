@@ -1,7 +1,7 @@
 """Models: parameter counts against the paper, and EncNet's extra cost over the FCN.
 
-    python benchmarks/models.py                  # CPU: counts, train-step ratio, 480x480 inference
-    python benchmarks/models.py --device cuda    # GPU: the same, plus 480x480 training throughput
+    python benchmarks/models.py                  # on the GPU if there is one, else on the CPU
+    python benchmarks/models.py --device cpu     # CPU: counts, train-step ratio, 480x480 inference
 
 1. Parameter counts of the CIFAR-10 family next to the paper's table, and of
    the segmentation models (EncNet's extra parameters over the FCN).
@@ -32,14 +32,13 @@ import sys
 import time
 
 import torch
+from measure import cuda_extra_peak_bytes, default_device, describe, sync
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from encnet.cifar import cifar_encnet, cifar_resnet, cifar_se_resnet
 from encnet.losses import EncNetLoss
 from encnet.models import (
-    cifar_encnet,
-    cifar_resnet,
-    cifar_se_resnet,
     encnet_resnet50,
     encnet_resnet101,
     encnet_small,
@@ -47,6 +46,7 @@ from encnet.models import (
     fcn_resnet101,
     fcn_small,
 )
+from encnet.teaching.memory import peak_resident_bytes
 
 NUM_CLASSES = 150  # ADE20K
 
@@ -77,11 +77,6 @@ def print_parameter_counts() -> None:
     for name, fcn, encnet in SEGMENTATION_PAIRS:
         a, b = millions(fcn(num_classes=NUM_CLASSES)), millions(encnet(num_classes=NUM_CLASSES))
         print(f"  {name:<22}{a:>11.2f}{b:>12.2f}{(b / a - 1) * 100:>+12.1f}%")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Trainer:
@@ -147,13 +142,6 @@ def inference_seconds(model: nn.Module, image: torch.Tensor, repeats: int) -> fl
     return statistics.median(times)
 
 
-def peak_resident_bytes() -> int:
-    """This process's peak resident memory (VmHWM, which starts afresh at exec)."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
 def inference_peak_bytes(size: int, device: torch.device) -> int:
     """Growth of peak memory during one forward pass of EncNet-R50 (eval, no grad), model loaded."""
     torch.manual_seed(0)
@@ -162,12 +150,7 @@ def inference_peak_bytes(size: int, device: torch.device) -> int:
         model(torch.randn(1, 3, 64, 64, device=device))  # load kernels and thread pools first
         image = torch.randn(1, 3, size, size, device=device)
         if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            model(image)
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - base
+            return cuda_extra_peak_bytes(lambda: model(image), device)
         base = peak_resident_bytes()
         model(image)
         return peak_resident_bytes() - base
@@ -212,7 +195,7 @@ def main() -> None:
     parser.add_argument("--infer-repeats", type=int, default=3)
     parser.add_argument("--gpu-batch", type=int, default=8, help="batch of the CUDA training throughput")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=default_device(), help="default: cuda if a GPU is available, else cpu")
     parser.add_argument("--inference-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -222,8 +205,7 @@ def main() -> None:
         print(inference_peak_bytes(args.infer_size, device))
         return
 
-    print(f"device: {device}" + (f", {args.threads} threads" if device.type == "cpu" else
-                                 f" ({torch.cuda.get_device_name()})"))
+    print(f"device: {describe(device, args.threads)}")
     print_parameter_counts()
     train_step_ratio(args, device)
     inference(args, device)

@@ -1,4 +1,4 @@
-"""Step time (forward + backward) of synchronized batch norm, on 2 gloo ranks.
+"""Step time (forward + backward) of synchronized batch norm, on 2 gloo ranks and, given 2 GPUs, on 2 NCCL ranks.
 
 Compares, in the same 2-process group and interleaved round by round (the
 machine is shared, so only side-by-side ratios mean something):
@@ -11,12 +11,14 @@ A round times one step of each layer on each rank (each after a barrier, in
 an order rotated from round to round, so no layer always follows another); a step
 lasts as long as its slowest rank, so each time is the median over rounds of
 the slower rank's time, and each ratio the median over rounds of the ratio
-within the round. Each process uses one CPU thread. The rounds are those of
+within the round. Each process uses one CPU thread. The CPU rounds are those of
 ``encnet.teaching.syncbn.count_and_time_collectives`` (also used by notebook 04).
 
-torch.nn.SyncBatchNorm is tried too: it refuses CPU tensors, and the benchmark
-prints its error. Comparing against it needs GPUs with NCCL; no GPU was lent
-to this task, so that comparison was not measured.
+torch.nn.SyncBatchNorm refuses CPU tensors, and the benchmark prints its error.
+It is compared on GPUs: the benchmark counts the GPUs when it runs, and with
+two or more it times the same rounds on 2 NCCL ranks, one GPU each, with
+``torch SyncBatchNorm`` in place of ``BatchNorm2d``; with fewer it says how
+many it found and skips that table.
 
 Run: ``python benchmarks/syncbn.py`` (about a minute; ``--rounds`` and
 ``--shape`` to change).
@@ -26,14 +28,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from encnet.nn import SyncBatchNorm
 from encnet.teaching.processes import spawn
 from encnet.teaching.syncbn import count_and_time_collectives
 
-LAYERS = ("BatchNorm2d", "sync once", "sync twice")
+CPU_LAYERS = ("BatchNorm2d", "sync once", "sync twice")
+GPU_LAYERS = ("torch SyncBatchNorm", "sync once", "sync twice")
+Shape = tuple[int, int, int, int]
 
 
 def torch_sync_batchnorm_on_cpu(rank: int, world_size: int) -> str:
@@ -43,6 +51,60 @@ def torch_sync_batchnorm_on_cpu(rank: int, world_size: int) -> str:
     except Exception as error:  # report whatever it raises, verbatim
         return f"refuses: {type(error).__name__}: {error}"
     return "ran on CPU"
+
+
+def time_on_gpus(rank: int, world_size: int, shapes: Sequence[Shape], rounds: int, warmup: int) -> dict:
+    """On this rank's GPU: ``{shape: {layer: [seconds of forward + backward, per round]}}`` for GPU_LAYERS."""
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    results = {}
+    for shape in shapes:
+        channels = shape[1]
+        layers = {
+            "torch SyncBatchNorm": nn.SyncBatchNorm(channels).to(device),
+            "sync once": SyncBatchNorm(channels, sync="once").to(device),
+            "sync twice": SyncBatchNorm(channels, sync="twice").to(device),
+        }
+        generator = torch.Generator(device=device).manual_seed(rank)
+        x = (torch.randn(shape, generator=generator, device=device) * 2 + 1).requires_grad_()
+        upstream = torch.randn(shape, generator=generator, device=device)
+        times = {name: [] for name in GPU_LAYERS}
+        for round_index in range(warmup + rounds):
+            shift = round_index % len(GPU_LAYERS)
+            for name in GPU_LAYERS[shift:] + GPU_LAYERS[:shift]:
+                x.grad = None
+                dist.barrier(device_ids=[rank])
+                torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                layers[name](x).backward(upstream)
+                torch.cuda.synchronize(device)
+                if round_index >= warmup:
+                    times[name].append(time.perf_counter() - start)
+        results[tuple(shape)] = times
+    return results
+
+
+def cpu_step_seconds(rank_result: dict) -> dict[str, list[float]]:
+    """``count_and_time_collectives``' result for one shape -> {layer: [forward + backward seconds, per round]}."""
+    return {name: [f + b for f, b in zip(layer["seconds"]["forward"], layer["seconds"]["backward"])]
+            for name, layer in rank_result.items()}
+
+
+def print_table(layers: Sequence[str], per_shape: dict[Shape, list[dict[str, list[float]]]]) -> None:
+    """One row per shape: each layer's median step (of the slower rank), then two ratios within the rounds.
+
+    ``per_shape``: for each shape, per rank, ``{layer: [seconds per round]}``. The
+    ratios are ``layers[1] / layers[0]`` and ``layers[2] / layers[1]``.
+    """
+    ratio_names = (f"{layers[1]} / {layers[0]}", f"{layers[2]} / {layers[1]}")
+    print(f"{'per-rank shape':>18} | " + " | ".join(f"{name:>19}" for name in layers) + " | " + " | ".join(ratio_names))
+    for shape, ranks in per_shape.items():
+        step = {name: [max(times) for times in zip(*(rank[name] for rank in ranks))] for name in layers}
+        ratios = [statistics.median(a / b for a, b in zip(step[top], step[bottom]))
+                  for top, bottom in ((layers[1], layers[0]), (layers[2], layers[1]))]
+        cells = [f"{statistics.median(step[name]) * 1e3:>16.2f} ms" for name in layers]
+        cells += [f"{ratio:>{len(name)}.2f}" for ratio, name in zip(ratios, ratio_names)]
+        print(f"{'x'.join(map(str, shape)):>18} | " + " | ".join(cells))
 
 
 def main() -> None:
@@ -56,23 +118,18 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, 2 gloo ranks on 127.0.0.1, 1 thread each; "
           f"medians over {args.rounds} interleaved rounds of the slower rank's step (forward + backward)")
-    print(f"{'per-rank shape':>18} | " + " | ".join(f"{name:>12}" for name in LAYERS)
-          + " | once / BN | twice / once")
-    for shape in shapes:
-        per_rank = [result[shape] for result in spawn(count_and_time_collectives, 2, [shape], args.rounds, args.warmup)]
-        seconds = [{name: [f + b for f, b in zip(layer["seconds"]["forward"], layer["seconds"]["backward"])]
-                    for name, layer in rank.items()} for rank in per_rank]  # forward + backward, per round
-        step = {name: [max(times) for times in zip(*(rank[name] for rank in seconds))] for name in LAYERS}
-
-        def ratio(numerator: str, denominator: str) -> float:
-            """Median over rounds of the ratio within each round (steps timed side by side)."""
-            return statistics.median(a / b for a, b in zip(step[numerator], step[denominator]))
-
-        cells = " | ".join(f"{statistics.median(step[name]) * 1e3:>9.1f} ms" for name in LAYERS)
-        print(f"{'x'.join(map(str, shape)):>18} | {cells} | {ratio('sync once', 'BatchNorm2d'):>9.2f}"
-              f" | {ratio('sync twice', 'sync once'):>12.2f}")
+    ranks = spawn(count_and_time_collectives, 2, shapes, args.rounds, args.warmup)
+    print_table(CPU_LAYERS, {shape: [cpu_step_seconds(rank[shape]) for rank in ranks] for shape in shapes})
     print(f"torch.nn.SyncBatchNorm, CPU tensor, 2 gloo ranks: {spawn(torch_sync_batchnorm_on_cpu, 2)[0]}")
-    print("GPU (NCCL) comparison with torch.nn.SyncBatchNorm: not measured, no GPU was lent to this task.")
+
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        print(f"GPU (NCCL) comparison with torch.nn.SyncBatchNorm: not measured, it needs 2 GPUs and this "
+              f"machine has {gpus}.")
+        return
+    print(f"\n2 NCCL ranks on {torch.cuda.get_device_name(0)} GPUs ({gpus} on this machine), one GPU each, float32")
+    ranks = spawn(time_on_gpus, 2, shapes, args.rounds, args.warmup, backend="nccl")
+    print_table(GPU_LAYERS, {shape: [rank[shape] for rank in ranks] for shape in shapes})
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def main() -> None:
             train_rate, eval_rate = measure(config, args.iterations)
             figures[name]["train"].append(train_rate)
             figures[name]["eval"].append(eval_rate)
-            print(f"  round {round_index + 1} {name:>6}: train {train_rate:6.1f} images/s, eval {eval_rate:6.1f} images/s")
+            print(f"  round {round_index + 1} {name:>6}: train {train_rate:6.1f} images/s, "
+                  f"eval {eval_rate:6.1f} images/s")
 
     print(f"\nmedians over {args.rounds} rounds of {args.iterations} iterations:")
     print(f"{'model':>8} {'train img/s':>12} {'eval img/s':>11} {'preset (projected)':>19}")
