@@ -1,4 +1,4 @@
-"""Training and evaluation speed of the synthetic preset on this machine's CPU.
+"""Training and evaluation speed of the synthetic preset on this machine (its GPU if it has one, else its CPU).
 
     python benchmarks/train.py                # 3 rounds of 8 training iterations per model
     python benchmarks/train.py --rounds 5 --iterations 16
@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import torch
+from measure import default_device, describe
 
 from encnet import engine
 from encnet.config import preset
@@ -54,7 +55,7 @@ def main() -> None:
     print(f"synthetic preset: {size}x{size} images, batch {base.batch_size}, backbone {base.backbone}, "
           f"{base.dataset_options['train_samples']} training / {base.dataset_options['val_samples']} "
           f"validation images, {base.epochs} epochs; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; on {describe(torch.device(default_device()), torch.get_num_threads())}")
     models = {"fcn": dataclasses.replace(base, model="fcn"), "encnet": base}
     figures = {name: {"train": [], "eval": []} for name in models}
     measure(base, 2)  # warm-up: first-call costs (oneDNN kernels, allocations) out of the rounds
