@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from encnet.teaching.processes import spawn
 from encnet.losses import EncNetLoss
+from encnet.teaching.processes import spawn
 from encnet.teaching.syncbn import count_and_time_collectives, run_each, statistics_per_rank, train_with_ddp
 
 SIZES = (1, 2)  # unequal shares of a batch of 3
@@ -28,7 +28,9 @@ class TinySegmenter(nn.Module):
 
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Conv2d(3, 5, 1, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, num_classes, 1))
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, 5, 1, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, num_classes, 1)
+        )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return {"out": self.layers(x)}
@@ -46,7 +48,8 @@ def launch() -> dict[str, Any]:
     torch.manual_seed(0)
     model = TinySegmenter().double()
     batches = [
-        (torch.randn(3, 3, 4, 4, generator=generator, dtype=torch.float64), torch.randint(0, 4, (3, 4, 4), generator=generator))
+        (torch.randn(3, 3, 4, 4, generator=generator, dtype=torch.float64),
+         torch.randint(0, 4, (3, 4, 4), generator=generator))
         for _ in range(3)
     ]
     per_rank = spawn(run_each, 2, [
@@ -87,7 +90,10 @@ def test_collectives_are_counted_with_their_sizes_and_timed(launch: dict[str, An
             assert layers[name]["forward"] == forward and layers[name]["backward"] == backward, name
             seconds = layers[name]["seconds"]
             assert all(len(seconds[key]) == ROUNDS for key in ("forward", "backward", "collectives")), name
-            assert all(value >= 0 for values in seconds.values() for value in values), name
+            assert all(f > 0 and b > 0 for f, b in zip(seconds["forward"], seconds["backward"])), name
+            # The collectives are issued inside the two passes: their time is a part of the passes' time.
+            passes = [f + b for f, b in zip(seconds["forward"], seconds["backward"])]
+            assert all(c <= p for c, p in zip(seconds["collectives"], passes)), (name, seconds)
         assert layers["BatchNorm2d"]["seconds"]["collectives"] == [0] * ROUNDS
         assert all(value > 0 for value in layers["sync once"]["seconds"]["collectives"])
 
