@@ -15,6 +15,7 @@ from torch import nn
 from encnet import engine
 from encnet.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state
 from encnet.config import preset
+from encnet.errors import UserError
 from encnet.inference import predict, sliding_window
 from encnet.models import build_model
 
@@ -194,9 +195,14 @@ def test_torchrun_two_ranks_with_half_batches_equal_one_process_on_the_whole_bat
             assert torch.equal(checkpoint["model"][name], tensor), name
 
 
-def test_batch_size_must_split_over_ranks_and_fit_the_data():
-    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+def test_batch_size_must_split_over_ranks_and_fit_the_data(monkeypatch):
+    with pytest.raises(UserError, match="fewer than one batch of 64"):
         engine.train(dataclasses.replace(TINY, batch_size=64), progress=False)
+    # As rank 0 of 2 processes: the check comes before any collective, so no process group is needed.
+    monkeypatch.setattr(engine, "setup_process", lambda device: (0, 2, torch.device("cpu")))
+    with pytest.raises(UserError, match=r"batch_size 3 is the global batch and must split evenly over the 2 "
+                                        r"processes; pass a multiple of 2, e\.g\. --batch-size 2"):
+        engine.train(dataclasses.replace(TINY, batch_size=3), progress=False)
 
 
 def test_keyed_augmentation_depends_only_on_the_key():
