@@ -65,14 +65,30 @@ def test_evaluate_multi_scale(quick, tmp_path, monkeypatch):
             super().__init__(dataset, [0])
             self.num_classes, self.palette = dataset.num_classes, dataset.palette
 
-    monkeypatch.setattr(engine, "whole_images", lambda *args, **kwargs: FirstImage(whole_images(*args, **kwargs)))
-    calls = []
+    datasets, calls, outputs = [], [], []
     predict = engine.predict
-    monkeypatch.setattr(engine, "predict", lambda *args, **kwargs: calls.append(kwargs) or predict(*args, **kwargs))
+
+    def first_image(*args, **kwargs):
+        datasets.append(FirstImage(whole_images(*args, **kwargs)))
+        return datasets[-1]
+
+    def recorded_predict(*args, **kwargs):
+        calls.append(kwargs)
+        outputs.append(predict(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(engine, "whole_images", first_image)
+    monkeypatch.setattr(engine, "predict", recorded_predict)
     assert main(["evaluate", str(quick[0] / "checkpoint.pt"), "--ms", "--workers", "0",
                  "--out", str(tmp_path / "ms.json")]) == 0
     assert calls[0]["scales"] == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and calls[0]["flip"] is True
-    assert 0 <= json.loads((tmp_path / "ms.json").read_text())["mIoU"] <= 1
+    # The written scores are those of the multi-scale prediction, counted here by hand.
+    scores = json.loads((tmp_path / "ms.json").read_text())
+    (labels,), mask = outputs[0].argmax(1), datasets[0][0][1]
+    assert scores["pixAcc"] == pytest.approx((labels == mask).double().mean().item())
+    ious = [((labels == c) & (mask == c)).sum().item() / ((labels == c) | (mask == c)).sum().item()
+            for c in range(17) if ((labels == c) | (mask == c)).any()]
+    assert scores["mIoU"] == pytest.approx(sum(ious) / len(ious))
 
 
 def test_flags_override_the_preset():
@@ -127,7 +143,10 @@ def test_sweep_writes_one_file_and_skips_finished_runs(tmp_path, capsys):
     sweep = json.loads(out.read_text())
     assert [(run["model"], run["se_weight"], run["seed"]) for run in sweep["runs"]] == [("fcn", 0.0, 3),
                                                                                       ("encnet", 0.4, 3)]
-    assert all(0 <= run["mIoU"] <= 1 and len(run["history"]) == 1 for run in sweep["runs"])
+    for run in sweep["runs"]:  # each run's scores: its last evaluation's, mIoU the mean IoU of the classes seen
+        assert len(run["history"]) == 1 and run["mIoU"] == run["history"][-1]["mIoU"]
+        seen = [iou for iou in run["IoU"] if iou is not None]
+        assert run["mIoU"] == pytest.approx(sum(seen) / len(seen)) and 0 < run["mIoU"] < 1
     assert sweep["config"]["epochs"] == 1 and sweep["alphas"] == [0.4] and sweep["seeds"] == [3]
     before = out.stat().st_mtime_ns
     assert main(argv) == 0  # every run is in the file already: nothing is trained, nothing rewritten
