@@ -8,7 +8,7 @@
     encnet evaluate --weights encnet_resnet50s_ade --dataset ade20k --data-root /data/ADEChallengeData2016 --ms
     encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
-    encnet sweep --preset synthetic --alphas 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
+    encnet sweep --preset synthetic --se-weights 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
     encnet check-data --dataset ade20k --data-root /data
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
@@ -37,20 +37,21 @@ from .data import voc_colormap
 from .data.check import check_dataset, check_files
 from .errors import UserError, one_line
 from .inference import MULTI_SCALES
-from .models import load_weights, zoo
+from .models import MODEL_OPTIONS, load_weights, zoo
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, *, se_weight: bool = True) -> None:
     """Flags that override a config field; absent flags leave the preset's value."""
     flag = parser.add_argument
     flag("--preset", choices=list(PRESETS), help="starting config (flags below override its fields)")
     flag("--dataset", choices=DATASETS)
     flag("--data-root", help="the dataset's folder (not needed for synthetic)")
-    flag("--model", choices=MODELS)
+    flag("--model", choices=MODELS, help="the head options of the preset that this model does not take are dropped")
     flag("--backbone", choices=BACKBONES)
     flag("--weights-backbone", type=lambda value: None if value.lower() == "none" else value,
          help='ImageNet weights name (e.g. "IMAGENET1K_V1"), a local .pth file, or "none" (from scratch)')
-    flag("--se-weight", type=float, help="alpha of the SE-loss (0: EncNet without the SE branch)")
+    if se_weight:
+        flag("--se-weight", type=float, help="alpha of the SE-loss (0: EncNet without the SE branch)")
     flag("--aux-weight", type=float, help="weight of the auxiliary FCN loss (0: no auxiliary head)")
     flag("--dropout", type=float, help="probability of the heads' Dropout layers (default: the model's 0.1)")
     flag("--epochs", type=int)
@@ -106,8 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"published weights: {', '.join(zoo.PUBLISHED)}")
 
     sweep = commands.add_parser("sweep", help="SE-loss weight sweep, one JSON file", argument_default=argparse.SUPPRESS)
-    _add_run_flags(sweep)
-    sweep.add_argument("--alphas", type=float, nargs="+", required=True, help="SE-loss weights to train with")
+    _add_run_flags(sweep, se_weight=False)
+    sweep.add_argument("--se-weights", type=float, nargs="+", required=True,
+                       help="SE-loss weights (alpha) to train with, one run each per seed")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
     sweep.add_argument("--with-fcn", action="store_true", default=False, help="add an FCN run per seed")
     sweep.add_argument("--out", required=True, help="JSON file with every run's metrics")
@@ -125,20 +127,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    fields = {field.name for field in dataclasses.fields(TrainConfig)} - {"out", "resume"}
-    return {name: value for name, value in vars(args).items() if name in fields}
+def _overridden(start: TrainConfig, args: argparse.Namespace, **fields) -> TrainConfig:
+    """``start`` with the fields of the given flags (and ``fields``) replaced.
+
+    With ``--model``, the head options of ``start`` that the new model does not
+    take are dropped (``--model fcn`` on a preset of EncNet with a lateral path).
+    """
+    names = {field.name for field in dataclasses.fields(TrainConfig)} - {"out", "resume"}
+    overrides = {name: value for name, value in vars(args).items() if name in names}
+    if "model" in overrides:
+        takes = MODEL_OPTIONS[overrides["model"]]
+        overrides["model_options"] = {name: value for name, value in start.model_options.items() if name in takes}
+    return dataclasses.replace(start, **overrides, **fields)
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    overrides = _overrides(args)
     if "resume" in args:
         start = preset(args.preset) if "preset" in args else TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
         out = args.out if "out" in args else str(Path(args.resume).parent)  # the run's own folder, even if copied
-        return dataclasses.replace(start, **overrides, resume=args.resume, out=out)
+        return _overridden(start, args, resume=args.resume, out=out)
     if "preset" not in args:
         raise UserError(f"give --preset (one of: {', '.join(PRESETS)}), or --resume a checkpoint")
-    return dataclasses.replace(preset(args.preset), **overrides, out=args.out if "out" in args else f"runs/{args.preset}")
+    return _overridden(preset(args.preset), args, out=args.out if "out" in args else f"runs/{args.preset}")
 
 
 def _check_data_root(config: TrainConfig) -> None:
@@ -291,10 +301,10 @@ def _check_sweep_file(path: str) -> None:
 def _run_sweep(args: argparse.Namespace) -> None:
     if "preset" not in args:
         raise UserError(f"give --preset (one of: {', '.join(PRESETS)})")
-    config = dataclasses.replace(preset(args.preset), **_overrides(args))
+    config = _overridden(preset(args.preset), args)
     _check_data_root(config)
     _check_sweep_file(args.out)
-    result = engine.sweep(config, alphas=args.alphas, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
+    result = engine.sweep(config, alphas=args.se_weights, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
                           progress=args.progress if "progress" in args else None)
     if _is_rank_zero():
         for run in result["runs"]:

@@ -47,10 +47,12 @@ class TrainConfig:
             resnet50/101 (e.g. "IMAGENET1K_V1"), the publisher's name for the deep-stem
             backbones ("resnet50s", "resnet50_v1c", ...: ``encnet.models.zoo``), or a
             local file; None trains it from scratch.
+        model_options: the head's own options, ``encnet.models.MODEL_OPTIONS[model]``
+            (EncNet's ``lateral`` path and its codewords ``num_codes``); those equal to
+            the model's defaults are left out, so that equal models compare equal.
         se_weight: alpha of the SE-loss; 0 builds EncNet without the SE branch.
-            FCN has no SE branch, so its se_weight is always 0.
+            A model without an SE branch (FCN) always has se_weight 0.
         aux_weight: weight of the auxiliary head's CE; 0 builds no auxiliary head.
-        lateral, num_codes: EncNet's lateral path and its codewords K.
         dropout: if set, the probability of every Dropout layer of the model
             (the heads use 0.1); None keeps the model's.
         epochs, batch_size (global), lr (for a batch of 16), momentum,
@@ -78,11 +80,10 @@ class TrainConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     model: str = "encnet"
     backbone: str = "resnet50"
+    model_options: dict[str, Any] = field(default_factory=dict)
     weights_backbone: str | None = None
     se_weight: float = 0.2
     aux_weight: float = 0.2
-    lateral: bool = False
-    num_codes: int = 32
     dropout: float | None = None
     batch_size: int = 16
     momentum: float = 0.9
@@ -102,7 +103,11 @@ class TrainConfig:
         _check_choice("model", self.model, MODELS)
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_dataset_options(self.dataset, self.dataset_options)
-        for name in ("epochs", "batch_size", "crop_size", "base_size", "num_codes", "eval_every"):
+        models.check_model_options(self.model, self.model_options)
+        defaults = models.MODEL_OPTIONS[self.model]
+        object.__setattr__(self, "model_options",
+                           {name: value for name, value in self.model_options.items() if value != defaults[name]})
+        for name in ("epochs", "batch_size", "crop_size", "base_size", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -116,7 +121,7 @@ class TrainConfig:
             raise UserError(f"dropout must lie in [0, 1) or be None, got {self.dropout!r}")
         if self.workers < 0:
             raise UserError(f"workers must be >= 0, got {self.workers!r}")
-        if self.model == "fcn":
+        if self.model not in models.SE_BRANCH:
             object.__setattr__(self, "se_weight", 0.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,12 +130,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """The inverse of :meth:`to_dict`; unknown keys are an error."""
+        """The inverse of :meth:`to_dict`; unknown keys are an error.
+
+        Configs written before ``model_options`` existed (checkpoints, sweep files)
+        have EncNet's ``lateral`` and ``num_codes`` at the top level: they are moved
+        into ``model_options`` for a model that takes them, dropped otherwise (FCN
+        never used them).
+        """
+        values = _moved_model_options(values)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise UserError(f"unknown config fields {unknown}; valid fields: {sorted(names)}")
         return cls(**values)
+
+
+_MOVED_TO_MODEL_OPTIONS = ("lateral", "num_codes")  # top-level fields of the configs of encnet 0.1
+
+
+def _moved_model_options(values: dict[str, Any]) -> dict[str, Any]:
+    moved = {name: values[name] for name in _MOVED_TO_MODEL_OPTIONS if name in values}
+    if not moved:
+        return values
+    takes = models.MODEL_OPTIONS.get(values.get("model", "encnet"), {})
+    options = {**{name: value for name, value in moved.items() if name in takes}, **values.get("model_options", {})}
+    rest = {name: value for name, value in values.items() if name not in moved}
+    return {**rest, "model_options": options}
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -180,6 +205,7 @@ _SYNTHETIC = TrainConfig(
 _REFERENCE = {"batch_size": 16, "crop_size": 480, "base_size": 520}
 _R50S = {"backbone": "resnet50s", "weights_backbone": "resnet50s"}
 _R101S = {"backbone": "resnet101s", "weights_backbone": "resnet101s"}
+_LATERAL = {"lateral": True}
 
 PRESETS: dict[str, TrainConfig] = {
     "synthetic": _SYNTHETIC,
@@ -197,12 +223,14 @@ PRESETS: dict[str, TrainConfig] = {
         dataset="ade20k", epochs=180, lr=0.004, **_R101S, **{**_REFERENCE, "crop_size": 576, "base_size": 640}
     ),
     # The lateral path from stages 2 and 3 is the reference's choice on the PASCAL datasets.
-    "pcontext-encnet-r50": TrainConfig(dataset="pcontext", epochs=80, lr=0.001, lateral=True, **_R50S, **_REFERENCE),
+    "pcontext-encnet-r50": TrainConfig(dataset="pcontext", epochs=80, lr=0.001, model_options=_LATERAL, **_R50S,
+                                       **_REFERENCE),
     "pcontext-encnet-r101": TrainConfig(
-        dataset="pcontext", epochs=80, lr=0.001, lateral=True, **_R101S, **_REFERENCE
+        dataset="pcontext", epochs=80, lr=0.001, model_options=_LATERAL, **_R101S, **_REFERENCE
     ),
     "voc-encnet-r101": TrainConfig(
-        dataset="voc", dataset_options={"aug": True}, epochs=80, lr=0.001, lateral=True, **_R101S, **_REFERENCE
+        dataset="voc", dataset_options={"aug": True}, epochs=80, lr=0.001, model_options=_LATERAL, **_R101S,
+        **_REFERENCE
     ),
 }
 

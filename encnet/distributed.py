@@ -20,7 +20,8 @@ see :func:`encnet.teaching.processes.spawn`.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist

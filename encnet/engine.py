@@ -78,14 +78,15 @@ from .errors import UserError
 from .inference import predict, predict_protocol
 from .losses import EncNetLoss, global_labelled
 from .metrics import SegmentationMetric
-from .models import build_model
+from .models import MODEL_OPTIONS, SE_BRANCH, build_model
+from .models.convert import upgrade_keys
 from .nn import convert_sync_batchnorm, revert_sync_batchnorm
 from .runs import RunFolder, write_json
 from .viz import save_palette_png
 
 # The commands reach these through the engine: encnet.engine.whole_images, .setup_process, .write_json.
-__all__ = ["Diverged", "KeyedAugmentation", "Run", "build", "evaluate", "load_trained", "param_groups", "poly",
-           "setup_process", "sweep", "train", "whole_images", "write_json"]
+__all__ = ["Diverged", "KeyedAugmentation", "Run", "build", "evaluate", "load_trained", "param_groups",
+           "poly_schedule", "setup_process", "sweep", "train", "whole_images", "write_json"]
 
 # Settings that may change when a run is resumed: where it runs and what stops it, not what it computes.
 RESUMABLE_CHANGES = ("data_root", "workers", "device", "eval_every", "out", "resume", "max_loss")
@@ -95,9 +96,9 @@ class Diverged(UserError, FloatingPointError):
     """Training diverged: a loss that is not finite or above ``max_loss``, or a non-finite parameter or buffer."""
 
 
-def poly(iteration: int, total: int, power: float) -> float:
-    """The poly schedule's factor ``(1 - iteration / total) ** power``."""
-    return (1 - iteration / total) ** power
+def poly_schedule(optimizer: torch.optim.Optimizer, total: int, power: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """The poly schedule, stepped once per iteration: ``lr_t = lr_0 (1 - t / total) ** power``, 0 from ``total`` on."""
+    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=total, power=power)
 
 
 def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
@@ -114,9 +115,10 @@ def build(config: TrainConfig, num_classes: int, *, pretrained: bool = True) -> 
         "num_classes": num_classes,
         "weights_backbone": config.weights_backbone if pretrained else None,
         "aux": config.aux_weight > 0,
+        **config.model_options,
     }
-    if config.model == "encnet":
-        options.update(se_loss=config.se_weight > 0, lateral=config.lateral, num_codes=config.num_codes)
+    if config.model in SE_BRANCH:
+        options["se_loss"] = config.se_weight > 0
     model = build_model(config.model, config.backbone, **options)
     if config.dropout is not None:
         for module in model.modules():
@@ -130,7 +132,7 @@ def load_trained(path: str | os.PathLike, *, device: str | torch.device = "cpu")
     checkpoint = load_checkpoint(path)
     config = TrainConfig.from_dict(checkpoint["config"])
     model = build(config, checkpoint["num_classes"], pretrained=False)
-    load_model_state(model, checkpoint["model"])
+    load_model_state(model, upgrade_keys(checkpoint["model"]))
     return model.to(device).eval(), config, checkpoint
 
 
@@ -301,7 +303,7 @@ def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, f
     )
     sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, seed=config.seed, drop_last=True)
     total = len(sampler) // (config.batch_size // world) * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: poly(t, total, config.poly_power))
+    scheduler = poly_schedule(optimizer, total, config.poly_power)
     run = Run(config, rank, world, device, train_set, val_set, model, net, optimizer, scheduler, sampler, folder,
               progress)
     if config.resume:
@@ -337,7 +339,7 @@ def _restore(run: Run) -> None:
             f"the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {run.world}; "
             "resume with the same number of processes (their dropout streams are saved per rank)"
         )
-    load_model_state(run.model, checkpoint["model"])
+    load_model_state(run.model, upgrade_keys(checkpoint["model"]))
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_state(checkpoint["rng"][run.rank])
@@ -499,7 +501,9 @@ def sweep(
         planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
         done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
         for model, alpha, seed in (key for key in planned if key not in done):
-            run = train(dataclasses.replace(base, model=model, se_weight=alpha, seed=seed), progress=progress)
+            options = {name: value for name, value in base.model_options.items() if name in MODEL_OPTIONS[model]}
+            run = train(dataclasses.replace(base, model=model, model_options=options, se_weight=alpha, seed=seed),
+                        progress=progress)
             result["runs"].append({"model": model, "se_weight": alpha, "seed": seed, **run["metrics"],
                                    "history": run["history"]})
             if folder is not None:

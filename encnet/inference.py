@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -268,8 +269,8 @@ def segment(model: nn.Module, image: Any, *, protocol: Any = None, ms: bool = Fa
     view = F.interpolate(x, size=_view_size(*x.shape[-2:], protocol, 1.0), mode="bilinear",
                          align_corners=protocol.align_corners)
     outputs = model(view)
-    encoding = getattr(getattr(model, "head", None), "encoding", None)
-    gamma = encoding.gamma[0].cpu() if encoding is not None and encoding.gamma is not None else None
+    enc_module = getattr(getattr(model, "head", None), "enc_module", None)
+    gamma = enc_module.gamma[0].cpu() if enc_module is not None and enc_module.gamma is not None else None
     return Segmentation(labels, outputs["se"][0].sigmoid().cpu() if "se" in outputs else None, gamma)
 
 

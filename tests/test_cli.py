@@ -137,7 +137,7 @@ def test_user_errors_are_one_clear_line(tmp_path, capsys):
 
 def test_sweep_writes_one_file_and_skips_finished_runs(tmp_path, capsys):
     out = tmp_path / "sweep.json"
-    argv = ["sweep", "--preset", "synthetic-quick", "--epochs", "1", "--alphas", "0.4", "--seeds", "3",
+    argv = ["sweep", "--preset", "synthetic-quick", "--epochs", "1", "--se-weights", "0.4", "--seeds", "3",
             "--with-fcn", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     sweep = json.loads(out.read_text())

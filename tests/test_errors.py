@@ -110,7 +110,7 @@ def test_a_missing_data_root_names_the_flag(capsys):
 ], ids=["list", "run-without-keys", "not-json"])
 def test_a_sweep_file_of_the_wrong_shape(tmp_path, capsys, content, expected):
     (tmp_path / "sweep.json").write_text(content)
-    one_error(["sweep", "--preset", "synthetic-quick", "--alphas", "0.2", "--out", str(tmp_path / "sweep.json")],
+    one_error(["sweep", "--preset", "synthetic-quick", "--se-weights", "0.2", "--out", str(tmp_path / "sweep.json")],
               capsys, expected, "pass another --out")
 
 

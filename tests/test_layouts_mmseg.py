@@ -43,11 +43,11 @@ NAMES = {
     "decode_head.lateral_convs.0.bn.bias": "head.lateral.c2.1.bias",
     "decode_head.lateral_convs.1.bn.bias": "head.lateral.c3.1.bias",
     "decode_head.fusion.bn.running_mean": "head.fusion.1.running_mean",
-    "decode_head.enc_module.encoding_project.bn.weight": "head.encoding.reduce.1.weight",
-    "decode_head.enc_module.encoding.0.codewords": "head.encoding.encoding.codewords",
-    "decode_head.enc_module.encoding.1.running_var": "head.encoding.codes_norm.running_var",
-    "decode_head.enc_module.fc.0.bias": "head.encoding.attention.bias",
-    "decode_head.se_layer.bias": "head.encoding.se_classifier.bias",
+    "decode_head.enc_module.encoding_project.bn.weight": "head.enc_module.reduce.1.weight",
+    "decode_head.enc_module.encoding.0.codewords": "head.enc_module.encoding.codewords",
+    "decode_head.enc_module.encoding.1.running_var": "head.enc_module.codes_norm.running_var",
+    "decode_head.enc_module.fc.0.bias": "head.enc_module.attention.bias",
+    "decode_head.se_layer.bias": "head.enc_module.se_classifier.bias",
     "decode_head.conv_seg.bias": "head.classifier.1.bias",
     "auxiliary_head.convs.0.bn.weight": "aux_head.0.1.weight",
     "auxiliary_head.conv_seg.bias": "aux_head.2.bias",
@@ -124,7 +124,7 @@ def test_segmentation_layout_loads_one_to_one(name, tmp_path):
     for mmseg_key, encnet_key in NAMES.items():
         if mmseg_key in state:
             assert torch.equal(loaded[encnet_key], state[mmseg_key]), f"{mmseg_key} -> {encnet_key}"
-    assert torch.equal(model.head.encoding.encoding.smoothing, -state[SCALE])
+    assert torch.equal(model.head.enc_module.encoding.smoothing, -state[SCALE])
 
     with torch.no_grad():
         outputs = model(torch.randn(1, 3, 32, 48))

@@ -104,15 +104,15 @@ def test_reference_encnet_layout_converts(path, tmp_path):
         "pretrained.conv1.6.weight": "backbone.conv1.6.weight",
         "pretrained.bn1.running_var": "backbone.bn1.running_var",
         "pretrained.layer4.2.conv3.weight": "backbone.layer4.2.conv3.weight",
-        "head.encmodule.encoding.3.codewords": "head.encoding.encoding.codewords",
-        "head.encmodule.selayer.weight": "head.encoding.se_classifier.weight",
+        "head.encmodule.encoding.3.codewords": "head.enc_module.encoding.codewords",
+        "head.encmodule.selayer.weight": "head.enc_module.se_classifier.weight",
         "head.conv6.1.weight": "head.classifier.1.weight",
         "auxlayer.conv5.4.weight": "aux_head.2.weight",
         **({"head.connect.1.0.weight": "head.lateral.c3.0.weight"} if lateral else {}),
     }
     for theirs, ours in by_name.items():
         assert torch.equal(loaded[ours], state[theirs]), f"{theirs} -> {ours}"
-    assert torch.equal(loaded["head.encoding.encoding.smoothing"], -state["head.encmodule.encoding.3.scale"])
+    assert torch.equal(loaded["head.enc_module.encoding.smoothing"], -state["head.encmodule.encoding.3.scale"])
 
     if path.stem == "reference_encnet_resnet50s_pcontext":  # one forward: the lateral head's shapes fit
         with torch.no_grad():

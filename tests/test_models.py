@@ -2,12 +2,14 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import Conv2dNormActivation
 
 from encnet.errors import UserError
 from encnet.losses import EncNetLoss
 from encnet.models import (
     FCN,
     EncNet,
+    SegmentationModel,
     SlimBottleneck,
     build_model,
     dilated_resnet,
@@ -17,6 +19,7 @@ from encnet.models import (
     fcn_resnet50,
     fcn_resnet101,
     fcn_small,
+    from_checkpoint,
 )
 from encnet.nn import ContextEncoding
 
@@ -58,7 +61,7 @@ def test_encnet_resnet50_output_shapes_in_eval_mode():
         "aux": (1, NUM_CLASSES, 64, 64),
         "se": (1, NUM_CLASSES),
     }
-    assert model.head.encoding.gamma.shape == (1, 512)
+    assert model.head.enc_module.gamma.shape == (1, 512)
 
 
 def test_gradients_reach_codewords_smoothing_and_backbone():
@@ -68,7 +71,7 @@ def test_gradients_reach_codewords_smoothing_and_backbone():
     total, parts = EncNetLoss()(model(torch.randn(2, 3, 64, 64)), mask)
     assert set(parts) == {"out", "aux", "se"}
     total.backward()
-    encoding = model.head.encoding.encoding
+    encoding = model.head.enc_module.encoding
     for name, param in [
         ("codewords", encoding.codewords),
         ("smoothing", encoding.smoothing),
@@ -82,7 +85,7 @@ def test_context_module_wiring_and_parameter_count_resnet50():
     """Head of EncNet-R50 as in the reference: 2048 -> 512, K = 32, SE branch 512 -> classes."""
     num_classes, C, K = 150, 512, 32
     model = encnet_resnet50(num_classes=num_classes)
-    assert isinstance(model.head.encoding, ContextEncoding)
+    assert isinstance(model.head.enc_module, ContextEncoding)
     expected = (
         C * C + 2 * C  # 1x1 conv + BN
         + K * C + K  # codewords, smoothing
@@ -90,7 +93,7 @@ def test_context_module_wiring_and_parameter_count_resnet50():
         + C * C + C  # attention: Linear(C -> C)
         + C * num_classes + num_classes  # SE branch
     )
-    assert _count(model.head.encoding) == expected
+    assert _count(model.head.enc_module) == expected
 
 
 @pytest.mark.parametrize(
@@ -131,7 +134,7 @@ def test_same_seed_same_output():
 def test_build_model_dispatches_and_rejects_unknown_names():
     assert isinstance(build_model("fcn", "small", num_classes=3), FCN)
     model = build_model("encnet", "small", num_classes=3, se_loss=False, num_codes=8)
-    assert isinstance(model, EncNet) and model.head.encoding.encoding.num_codes == 8
+    assert isinstance(model, EncNet) and model.head.enc_module.encoding.num_codes == 8
     with pytest.raises(ValueError, match="valid models: fcn, encnet"):
         build_model("pspnet", "resnet50", num_classes=3)
     with pytest.raises(ValueError, match="valid backbones: resnet50, resnet101, resnet50s, resnet101s, resnet50_v1c, resnet101_v1c, small"):
@@ -207,7 +210,7 @@ def test_norm_layer_reaches_every_2d_batch_norm():
 
     model = encnet_small(num_classes=NUM_CLASSES, lateral=True, norm_layer=SyncBatchNorm)
     others = [name for name, m in _batch_norms(model).items() if not isinstance(m, SyncBatchNorm)]
-    assert others == ["head.encoding.codes_norm"]  # the BatchNorm1d over the codes
+    assert others == ["head.enc_module.codes_norm"]  # the BatchNorm1d over the codes
 
 
 def test_every_batch_norm_converts_to_sync_and_back():
@@ -238,3 +241,23 @@ def test_every_batch_norm_converts_to_sync_and_back():
         outputs = reverted_model(x)
     for key in expected:
         torch.testing.assert_close(outputs[key], expected[key])
+
+
+def test_state_dicts_with_the_earlier_names_still_load():
+    """encnet's checkpoints before 0.1 named the Context Encoding Module ``head.encoding``."""
+    torch.manual_seed(0)
+    model = encnet_small(num_classes=NUM_CLASSES).eval()
+    old = {key.replace("head.enc_module.", "head.encoding."): value for key, value in model.state_dict().items()}
+    assert "head.encoding.encoding.codewords" in old
+    loaded = from_checkpoint(old)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["out"], model(x)["out"], rtol=0, atol=0)
+
+
+def test_one_base_class_for_backbone_head_and_aux():
+    fcn, encnet = fcn_small(num_classes=NUM_CLASSES), encnet_small(num_classes=NUM_CLASSES, aux=False)
+    assert isinstance(fcn, SegmentationModel) and isinstance(encnet, SegmentationModel)
+    assert type(fcn).forward is type(encnet).forward is SegmentationModel.forward
+    assert fcn.aux_head.stage == "c3" and encnet.aux_head is None
+    assert isinstance(encnet.head.enc_module, ContextEncoding) and isinstance(fcn.head[0], Conv2dNormActivation)

@@ -63,8 +63,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 from urllib.parse import urlparse
 
 import torch
@@ -72,6 +73,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet50_Weights, ResNet101_Weights, WeightsEnum
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
+from torchvision.ops import Conv2dNormActivation
 
 from ..errors import UserError
 from .files import read_file
@@ -113,13 +115,9 @@ def deep_stem(width: int, out_channels: int, norm_layer: NormLayer) -> nn.Sequen
     It takes the place of ResNet's 7x7 ``conv1``; the ResNet's own ``bn1`` and
     ReLU follow the last conv, as in the reference's ``resnet50s``.
     """
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
-        norm_layer(width),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(width, width, 3, padding=1, bias=False),
-        norm_layer(width),
-        nn.ReLU(inplace=True),
+    return nn.Sequential(  # flat, so that the keys are the publishers' conv1.0, conv1.1, conv1.3, conv1.4, conv1.6
+        *Conv2dNormActivation(3, width, 3, stride=2, norm_layer=norm_layer),
+        *Conv2dNormActivation(width, width, 3, norm_layer=norm_layer),
         nn.Conv2d(width, out_channels, 3, padding=1, bias=False),
     )
 
@@ -163,28 +161,23 @@ def _is_local_file(weights: WeightsBackbone) -> bool:
 
 
 def _imagenet_weights(name: str, weights: WeightsEnum | str) -> WeightsEnum:
-    """Resolve ``weights`` (an enum, or a name like "IMAGENET1K_V2" or "DEFAULT") for backbone ``name``."""
+    """Resolve ``weights`` (an enum, or a name like "IMAGENET1K_V2" or "DEFAULT") with torchvision's ``verify``."""
     if name not in _IMAGENET_WEIGHTS:
         raise UserError(
             f"the {name!r} backbone has no ImageNet weights, got weights_backbone={weights!r}; "
             "pass weights_backbone=None, or the path of a .pth state dict of this backbone"
         )
     enum = _IMAGENET_WEIGHTS[name]
-    valid = [f"{enum.__name__}.{member.name}" for member in enum] + [f"{enum.__name__}.DEFAULT"]
-    if isinstance(weights, str):
-        member = weights.removeprefix(enum.__name__ + ".")
-        if member not in enum.__members__:
-            raise UserError(
-                f"unknown weights {weights!r} for backbone {name!r}; valid names: {', '.join(valid)} "
-                "(with or without the class prefix), or the path of a local .pth file"
-            )
-        return enum[member]
-    if not isinstance(weights, enum):
+    valid = ", ".join(f"{enum.__name__}.{member}" for member in enum.__members__)
+    try:
+        return enum.verify(weights)
+    except KeyError:
         raise UserError(
-            f"weights_backbone={weights!r} is not a weight of backbone {name!r}; "
-            f"expected one of {', '.join(valid)}"
-        )
-    return weights
+            f"unknown weights {weights!r} for backbone {name!r}; valid names: {valid} (with or without "
+            "the class prefix), or the path of a local .pth file"
+        ) from None
+    except TypeError:
+        raise UserError(f"weights_backbone={weights!r} is not a weight of backbone {name!r}; expected one of {valid}") from None
 
 
 def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:

@@ -35,8 +35,9 @@ object's name; if it is a harmless plain type, allow it explicitly
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -44,9 +45,9 @@ from torch import Tensor, nn
 from ..checkpoint import FORMAT, UNCHECKED_FORMAT, CheckpointError, checksum
 from ..data import DATASETS
 from ..errors import UserError
+from . import zoo
 from .files import read_file
 from .segmentation import build_model
-from . import zoo
 from .zoo import Published
 
 StateDict = dict[str, Tensor]
@@ -58,12 +59,12 @@ REFERENCE_KEYS: tuple[tuple[str, str], ...] = (
     ("head.connect.0.", "head.lateral.c2."),
     ("head.connect.1.", "head.lateral.c3."),
     ("head.fusion.", "head.fusion."),
-    ("head.encmodule.encoding.0.", "head.encoding.reduce.0."),  # 1x1 conv
-    ("head.encmodule.encoding.1.", "head.encoding.reduce.1."),  # its BN
-    ("head.encmodule.encoding.3.", "head.encoding.encoding."),  # Encoding: codewords, scale
-    ("head.encmodule.encoding.4.", "head.encoding.codes_norm."),  # BatchNorm1d over the K codes
-    ("head.encmodule.fc.0.", "head.encoding.attention."),
-    ("head.encmodule.selayer.", "head.encoding.se_classifier."),
+    ("head.encmodule.encoding.0.", "head.enc_module.reduce.0."),  # 1x1 conv
+    ("head.encmodule.encoding.1.", "head.enc_module.reduce.1."),  # its BN
+    ("head.encmodule.encoding.3.", "head.enc_module.encoding."),  # Encoding: codewords, scale
+    ("head.encmodule.encoding.4.", "head.enc_module.codes_norm."),  # BatchNorm1d over the K codes
+    ("head.encmodule.fc.0.", "head.enc_module.attention."),
+    ("head.encmodule.selayer.", "head.enc_module.se_classifier."),
     ("head.conv6.1.", "head.classifier.1."),  # conv6 = Dropout, 1x1 conv
     ("auxlayer.conv5.0.", "aux_head.0.0."),  # FCNHead: 3x3 conv, BN, ReLU, Dropout, 1x1 conv
     ("auxlayer.conv5.1.", "aux_head.0.1."),
@@ -92,18 +93,21 @@ MMSEG_KEYS: tuple[tuple[str, str], ...] = (
     ("decode_head.lateral_convs.1.bn.", "head.lateral.c3.1."),
     ("decode_head.fusion.conv.", "head.fusion.0."),
     ("decode_head.fusion.bn.", "head.fusion.1."),
-    ("decode_head.enc_module.encoding_project.conv.", "head.encoding.reduce.0."),
-    ("decode_head.enc_module.encoding_project.bn.", "head.encoding.reduce.1."),
-    ("decode_head.enc_module.encoding.0.", "head.encoding.encoding."),  # Encoding: codewords, scale
-    ("decode_head.enc_module.encoding.1.", "head.encoding.codes_norm."),
-    ("decode_head.enc_module.fc.0.", "head.encoding.attention."),
-    ("decode_head.se_layer.", "head.encoding.se_classifier."),
+    ("decode_head.enc_module.encoding_project.conv.", "head.enc_module.reduce.0."),
+    ("decode_head.enc_module.encoding_project.bn.", "head.enc_module.reduce.1."),
+    ("decode_head.enc_module.encoding.0.", "head.enc_module.encoding."),  # Encoding: codewords, scale
+    ("decode_head.enc_module.encoding.1.", "head.enc_module.codes_norm."),
+    ("decode_head.enc_module.fc.0.", "head.enc_module.attention."),
+    ("decode_head.se_layer.", "head.enc_module.se_classifier."),
     ("decode_head.conv_seg.", "head.classifier.1."),
     ("auxiliary_head.convs.0.conv.", "aux_head.0.0."),
     ("auxiliary_head.convs.0.bn.", "aux_head.0.1."),
     ("auxiliary_head.conv_seg.", "aux_head.2."),
 )
 """mmsegmentation's ``EncoderDecoder`` (ResNetV1c, ``EncHead``, ``FCNHead``) -> encnet's, by key prefix."""
+
+RENAMED_KEYS: tuple[tuple[str, str], ...] = (("head.encoding.", "head.enc_module."),)
+"""encnet's own earlier names -> today's: the Context Encoding Module was ``head.encoding`` until 0.1."""
 
 PUBLISHERS = {"encnet": "encnet", "reference": "PyTorch-Encoding", "mmseg": "mmsegmentation"}
 """Layout name -> who writes it."""
@@ -128,7 +132,7 @@ def _rename(state: StateDict, table: tuple[tuple[str, str], ...], dropped: tuple
             f"{unknown[:3]}; encnet converts the EncNet (EncHead) and FCN heads of PyTorch-Encoding and "
             "mmsegmentation with a one-conv auxiliary FCNHead, not this model"
         )
-    for key in [key for key in renamed if key.endswith("encoding.encoding.scale")]:
+    for key in [key for key in renamed if key.endswith("enc_module.encoding.scale")]:
         renamed[key.removesuffix("scale") + "smoothing"] = -renamed.pop(key)  # s_k = -scale_k
     return renamed
 
@@ -174,7 +178,16 @@ def to_encnet_keys(layout: str, state: StateDict) -> StateDict:
     if layout == "reference":
         encnet = any(key.startswith("head.encmodule.") for key in state)
         return _rename(state, REFERENCE_KEYS if encnet else REFERENCE_FCN_KEYS, _DROPPED)
-    return dict(state)
+    return upgrade_keys(state)
+
+
+def upgrade_keys(state: StateDict) -> StateDict:
+    """An encnet state dict under today's names (:data:`RENAMED_KEYS`); today's keys are kept as they are."""
+    renamed = {}
+    for key, value in state.items():
+        old, new = next(((old, new) for old, new in RENAMED_KEYS if key.startswith(old)), (None, None))
+        renamed[key if old is None else new + key[len(old):]] = value
+    return renamed
 
 
 def _backbone_name(state: StateDict) -> str:
@@ -198,7 +211,7 @@ def _backbone_name(state: StateDict) -> str:
 
 def architecture(state: StateDict) -> dict[str, Any]:
     """``build_model`` arguments read off a state dict in encnet's names."""
-    encnet = "head.encoding.encoding.codewords" in state
+    encnet = "head.enc_module.encoding.codewords" in state
     classifier = state.get("head.classifier.1.weight" if encnet else "head.2.weight")
     if classifier is None:
         raise CheckpointError("the checkpoint has no classifier ('head.classifier.1.weight' or 'head.2.weight')")
@@ -210,9 +223,9 @@ def architecture(state: StateDict) -> dict[str, Any]:
     }
     if encnet:
         options.update(
-            se_loss="head.encoding.se_classifier.weight" in state,
+            se_loss="head.enc_module.se_classifier.weight" in state,
             lateral="head.lateral.c2.0.weight" in state,
-            num_codes=state["head.encoding.encoding.codewords"].shape[0],
+            num_codes=state["head.enc_module.encoding.codewords"].shape[0],
         )
     return options
 

@@ -11,13 +11,14 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
-from ..errors import UserError
 from ..checkpoint import CheckpointError
+from ..errors import UserError
 
 
 def read_file(path: str | os.PathLike, *, map_location: Any = "cpu", allow: Iterable[Any] = ()) -> Any:

@@ -14,63 +14,64 @@ EncNet is the FCN plus the Context Encoding Module
 (:class:`encnet.nn.ContextEncoding`) and the SE-loss branch, at a small extra
 cost: one 1x1 conv, the Encoding Layer and two fully connected layers on a
 ``C``-vector. On ResNet-50 with 150 classes that is +1.7% parameters and
-+0.8% FLOPs per training step at 256x256 (``benchmarks/models.py``). The head width is a quarter of its input (2048 -> 512 on
-ResNets, 512 -> 128 on the small backbone).
++0.8% FLOPs per training step at 256x256 (``benchmarks/models.py``). The head
+width is a quarter of its input (2048 -> 512 on ResNets, 512 -> 128 on the small
+backbone).
 
-``model.backbone`` is the part that can start from ImageNet weights; everything
-else is the head, trained at 10x the backbone's learning rate.
+Both are a :class:`SegmentationModel`: backbone + head + optional auxiliary
+head, the head mapping the stages to ``{"out", "se"?}``. ``model.backbone`` is
+the part that can start from ImageNet weights; everything else is the head,
+trained at 10x the backbone's learning rate. Each model's own options
+(:data:`MODEL_OPTIONS`: EncNet's ``lateral`` and ``num_codes``) are what
+``TrainConfig.model_options`` may set.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
 
 from ..errors import UserError
 from ..nn import ContextEncoding
 from .backbones import STAGE_CHANNELS, NormLayer, WeightsBackbone, dilated_resnet
 
 
-def _conv_norm_relu(
-    in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormLayer
-) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        norm_layer(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _upsample(logits: Tensor, size: torch.Size, align_corners: bool) -> Tensor:
-    """Bilinear upsampling of (B, classes, h, w) logits to (B, classes, *size)."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
-
-
 class FCNHead(nn.Sequential):
-    """FCN head: (B, C, h, w) -> (B, num_classes, h, w).
+    """FCN head: stage ``stage`` (B, C, h, w) of the backbone -> ``{"out": (B, num_classes, h, w)}``.
 
     3x3 conv C -> C/4 + BN + ReLU + Dropout(0.1) + 1x1 conv C/4 -> num_classes.
+    FCN's head reads "c4"; the auxiliary head of both models reads "c3".
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, *, stage: str = "c4", norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         channels = in_channels // 4
         super().__init__(
-            _conv_norm_relu(in_channels, channels, 3, norm_layer),
+            Conv2dNormActivation(in_channels, channels, 3, norm_layer=norm_layer),
             nn.Dropout(0.1),
             nn.Conv2d(channels, num_classes, 1),
         )
+        self.stage = stage
+
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"out": super().forward(features[self.stage])}
 
 
 class EncHead(nn.Module):
-    """EncNet head: stages {"c2", "c3", "c4"} -> (logits (B, classes, h, w), se_logits (B, classes) or None).
+    """EncNet head: stages {"c2", "c3", "c4"} -> ``{"out": (B, classes, h, w), "se"?: (B, classes)}``.
 
     3x3 conv C4 -> C4/4 + BN + ReLU; with ``lateral``, 1x1 convs bring c2 and c3
     to C4/4 channels each, and a 3x3 conv fuses the three (3 C4/4 -> C4/4).
-    Then the Context Encoding Module (``self.encoding``) rescales the channels,
-    ``Y = relu(X + X * gamma)``, and Dropout(0.1) + a 1x1 conv classify each pixel.
+    Then the Context Encoding Module (``self.enc_module``) rescales the channels,
+    ``Y = relu(X + X * gamma)``, and Dropout(0.1) + a 1x1 conv classify each pixel;
+    ``"se"`` (the SE branch's logits) is there when ``se_loss``.
     """
 
     def __init__(
@@ -85,82 +86,78 @@ class EncHead(nn.Module):
     ) -> None:
         super().__init__()
         width = channels["c4"] // 4
-        self.conv = _conv_norm_relu(channels["c4"], width, 3, norm_layer)
-        self.lateral = (
-            nn.ModuleDict(
-                {stage: _conv_norm_relu(channels[stage], width, 1, norm_layer) for stage in ("c2", "c3")}
-            )
-            if lateral
-            else None
-        )
-        self.fusion = _conv_norm_relu(3 * width, width, 3, norm_layer) if lateral else None
-        self.encoding = ContextEncoding(
-            width, num_codes, num_classes if se_loss else None, norm_layer=norm_layer
-        )
+        self.conv = Conv2dNormActivation(channels["c4"], width, 3, norm_layer=norm_layer)
+        self.lateral = nn.ModuleDict(
+            {stage: Conv2dNormActivation(channels[stage], width, 1, norm_layer=norm_layer) for stage in ("c2", "c3")}
+        ) if lateral else None
+        self.fusion = Conv2dNormActivation(3 * width, width, 3, norm_layer=norm_layer) if lateral else None
+        self.enc_module = ContextEncoding(width, num_codes, num_classes if se_loss else None, norm_layer=norm_layer)
         self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(width, num_classes, 1))
 
-    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         x = self.conv(features["c4"])  # (B, C, h, w)
         if self.lateral is not None:
             laterals = [conv(features[stage]) for stage, conv in self.lateral.items()]
             x = self.fusion(torch.cat([x, *laterals], dim=1))  # (B, 3C, h, w) -> (B, C, h, w)
-        y, se_logits = self.encoding(x)  # (B, C, h, w), (B, classes) or None
-        return self.classifier(y), se_logits
-
-
-class FCN(nn.Module):
-    """Dilated FCN: image (B, 3, H, W) -> {"out", "aux"?} logits (B, classes, H, W).
-
-    ``align_corners`` of the bilinear upsampling: False (torchvision, mmsegmentation),
-    True for PyTorch-Encoding's weights.
-    """
-
-    def __init__(
-        self, backbone: nn.Module, head: FCNHead, aux_head: FCNHead | None, *, align_corners: bool = False
-    ) -> None:
-        super().__init__()
-        self.backbone, self.head, self.aux_head = backbone, head, aux_head
-        self.align_corners = align_corners
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
-        outputs = {"out": _upsample(self.head(features["c4"]), x.shape[-2:], self.align_corners)}
-        if self.aux_head is not None:
-            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:], self.align_corners)
-        return outputs
-
-
-class EncNet(nn.Module):
-    """EncNet: image (B, 3, H, W) -> {"out", "aux"?: (B, classes, H, W), "se"?: (B, classes)}.
-
-    The Context Encoding Module is ``self.head.encoding``; its last attention
-    ``gamma`` (B, C) is ``self.head.encoding.gamma``.
-    """
-
-    def __init__(
-        self, backbone: nn.Module, head: EncHead, aux_head: FCNHead | None, *, align_corners: bool = False
-    ) -> None:
-        super().__init__()
-        self.backbone, self.head, self.aux_head = backbone, head, aux_head
-        self.align_corners = align_corners
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
-        logits, se_logits = self.head(features)
-        outputs = {"out": _upsample(logits, x.shape[-2:], self.align_corners)}
-        if self.aux_head is not None:
-            outputs["aux"] = _upsample(self.aux_head(features["c3"]), x.shape[-2:], self.align_corners)
+        y, se_logits = self.enc_module(x)  # (B, C, h, w), (B, classes) or None
+        outputs = {"out": self.classifier(y)}
         if se_logits is not None:
             outputs["se"] = se_logits
         return outputs
 
 
-def _check_num_classes(num_classes: int) -> None:
+class SegmentationModel(nn.Module):
+    """Backbone + head + optional auxiliary head: image (B, 3, H, W) -> ``{"out", "aux"?, "se"?}``.
+
+    The backbone gives the stages ``{"c2", "c3", "c4"}`` (B, C_i, H/8, W/8); the
+    head maps them to ``{"out": logits, ...}`` (EncNet's adds ``"se"``, (B, classes)),
+    the auxiliary head to its own logits, ``"aux"``. ``"out"`` and ``"aux"`` are
+    upsampled bilinearly to the input size, with ``align_corners`` False
+    (torchvision, mmsegmentation) or True (PyTorch-Encoding's weights).
+    ``model.backbone`` is what ImageNet weights initialise; the rest is the head.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, aux_head: FCNHead | None = None, *, align_corners: bool = False
+    ) -> None:
+        super().__init__()
+        self.backbone, self.head, self.aux_head = backbone, head, aux_head
+        self.align_corners = align_corners
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.backbone(x)  # {"c2", "c3", "c4"}: (B, C_i, H/8, W/8)
+        head = self.head(features)  # {"out": (B, classes, H/8, W/8), "se"?: (B, classes)}
+        outputs = {"out": self._upsample(head.pop("out"), x)}
+        if self.aux_head is not None:
+            outputs["aux"] = self._upsample(self.aux_head(features)["out"], x)
+        return {**outputs, **head}
+
+    def _upsample(self, logits: Tensor, x: Tensor) -> Tensor:
+        """Bilinear upsampling of (B, classes, h, w) logits to the size of ``x``."""
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+
+
+class FCN(SegmentationModel):
+    """Dilated FCN: an :class:`FCNHead` on c4 (``"out"``), another on c3 (``"aux"``)."""
+
+
+class EncNet(SegmentationModel):
+    """EncNet: an :class:`EncHead` (``"out"``, ``"se"``), an auxiliary :class:`FCNHead` on c3 (``"aux"``).
+
+    The Context Encoding Module is ``self.head.enc_module``, its Encoding Layer
+    ``self.head.enc_module.encoding``; its last attention ``gamma`` (B, C) is
+    ``self.head.enc_module.gamma``.
+    """
+
+
+def _channels(backbone: str, num_classes: int) -> dict[str, int]:
+    """The stage channels of ``backbone``, after checking ``num_classes``."""
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(
             f"num_classes must be a positive int, got {num_classes!r}; "
             "use the dataset's num_classes (e.g. 150 for ADE20K, 59 for PASCAL-Context)"
         )
+    return STAGE_CHANNELS[backbone]
 
 
 def _fcn(
@@ -172,12 +169,11 @@ def _fcn(
     norm_layer: NormLayer = nn.BatchNorm2d,
     align_corners: bool = False,
 ) -> FCN:
-    _check_num_classes(num_classes)
-    channels = STAGE_CHANNELS[backbone]
+    channels = _channels(backbone, num_classes)
     return FCN(
         dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
         FCNHead(channels["c4"], num_classes, norm_layer=norm_layer),
-        FCNHead(channels["c3"], num_classes, norm_layer=norm_layer) if aux else None,
+        FCNHead(channels["c3"], num_classes, stage="c3", norm_layer=norm_layer) if aux else None,
         align_corners=align_corners,
     )
 
@@ -194,15 +190,14 @@ def _encnet(
     norm_layer: NormLayer = nn.BatchNorm2d,
     align_corners: bool = False,
 ) -> EncNet:
-    _check_num_classes(num_classes)
-    channels = STAGE_CHANNELS[backbone]
+    channels = _channels(backbone, num_classes)
     head = EncHead(
         channels, num_classes, num_codes=num_codes, se_loss=se_loss, lateral=lateral, norm_layer=norm_layer
     )
     return EncNet(
         dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
         head,
-        FCNHead(channels["c3"], num_classes, norm_layer=norm_layer) if aux else None,
+        FCNHead(channels["c3"], num_classes, stage="c3", norm_layer=norm_layer) if aux else None,
         align_corners=align_corners,
     )
 
@@ -247,6 +242,7 @@ def encnet_resnet50(**kwargs) -> EncNet:
         se_loss: add the SE branch (output ``"se"``, one logit per class); default True.
         lateral: fuse stages 2 and 3 into the head (used on PASCAL datasets); default False.
         num_codes: codewords ``K`` of the Encoding Layer; default 32.
+    (``lateral`` and ``num_codes`` are the head options of :data:`MODEL_OPTIONS`.)
     The BatchNorm1d over the codes is converted by ``encnet.nn.convert_sync_batchnorm``.
     """
     return _encnet("resnet50", **kwargs)
@@ -270,7 +266,10 @@ def encnet_small(**kwargs) -> EncNet:
 
 
 def fcn_resnet50s(**kwargs) -> FCN:
-    """Dilated FCN on ResNet-50s, the reference's deep-stem backbone (the paper's). Arguments as :func:`fcn_resnet50`."""
+    """Dilated FCN on ResNet-50s, the reference's deep-stem backbone (the paper's).
+
+    Arguments as :func:`fcn_resnet50`.
+    """
     return _fcn("resnet50s", **kwargs)
 
 
@@ -325,10 +324,51 @@ MODELS = tuple(_BUILDERS)
 """The model names :func:`build_model` accepts."""
 
 
-def build_model(model: str, backbone: str, **kwargs) -> nn.Module:
+def _defaults(builder: Callable[..., nn.Module], names: tuple[str, ...]) -> dict[str, Any]:
+    parameters = inspect.signature(builder).parameters
+    return {name: parameters[name].default for name in names}
+
+
+MODEL_OPTIONS: dict[str, dict[str, Any]] = {
+    "fcn": {},
+    "encnet": _defaults(_encnet, ("lateral", "num_codes")),
+}
+"""Each model's head options and their defaults: what ``TrainConfig.model_options`` may set.
+
+A new head adds its builders to ``_BUILDERS``, its options here and, if it has
+an SE branch (it takes ``se_loss`` and is trained with the SE-loss), its name to
+:data:`SE_BRANCH`; training, the config and the command line read these.
+"""
+
+SE_BRANCH: frozenset[str] = frozenset({"encnet"})
+"""The models with an SE branch: built with ``se_loss=se_weight > 0``."""
+
+
+def check_model_options(model: str, options: dict[str, Any]) -> None:
+    """Raise :class:`UserError` unless ``options`` are head options of ``model`` with valid values.
+
+    A flag (default True or False) must be a bool, a count (default an int) a positive int.
+    """
+    valid = MODEL_OPTIONS[model]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserError(
+            f"model_options {unknown} are not options of the {model} model (its options: "
+            f"{', '.join(valid) or 'none'}); they may come with a preset of another model: start from a "
+            f"preset of {model}, or leave them out"
+        )
+    for name, value in options.items():
+        flag = isinstance(valid[name], bool)
+        if flag and not isinstance(value, bool):
+            raise UserError(f"model_options {name!r} of {model} must be true or false, got {value!r}")
+        if not flag and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UserError(f"model_options {name!r} of {model} must be a positive integer, got {value!r}")
+
+
+def build_model(model: str, backbone: str, **kwargs) -> SegmentationModel:
     """``build_model("encnet", "resnet50", num_classes=150)`` = ``encnet_resnet50(num_classes=150)``.
 
-    ``model`` is "fcn" or "encnet", ``backbone`` one of
+    ``model`` is one of :data:`MODELS` ("fcn", "encnet"), ``backbone`` one of
     :data:`encnet.models.STAGE_CHANNELS` ("resnet50", "resnet50s", "resnet50_v1c",
     their 101-layer versions, "small"); ``kwargs`` go to the builder.
     """

@@ -26,10 +26,11 @@ two ways:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import Conv2dNormActivation
 
 from .encoding import Encoding
 
@@ -55,11 +56,7 @@ class ContextEncoding(nn.Module):
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(
-            nn.Conv2d(channels, channels, 1, bias=False),
-            norm_layer(channels),
-            nn.ReLU(inplace=True),
-        )
+        self.reduce = Conv2dNormActivation(channels, channels, 1, norm_layer=norm_layer)
         self.encoding = Encoding(channels, num_codes)
         self.codes_norm = nn.BatchNorm1d(num_codes)
         self.attention = nn.Linear(channels, channels)

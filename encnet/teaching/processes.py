@@ -27,8 +27,9 @@ import pickle
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing import connection
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
