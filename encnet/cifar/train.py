@@ -101,34 +101,43 @@ def train_classifier(
     history = []
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum, wrong, count = 0.0, 0, 0
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            logits = model(images)  # (B, num_classes)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(labels)
-            wrong += (logits.argmax(1) != labels).sum().item()
-            count += len(labels)
+        train = _train_epoch(model, loader, optimizer, schedule, device)
         test = evaluate_classifier(model, test_set, device=device)
-        history.append({
-            "epoch": epoch,
-            "lr": schedule.get_last_lr()[0],
-            "train_loss": loss_sum / count,
-            "train_error": wrong / count,
-            "test_loss": test["loss"],
-            "test_error": test["error"],
-        })
+        history.append({"epoch": epoch, "lr": schedule.get_last_lr()[0], "train_loss": train["loss"],
+                        "train_error": train["error"], "test_loss": test["loss"], "test_error": test["error"]})
         if progress:
-            h = history[-1]
-            print(
-                f"epoch {epoch}/{epochs}  lr {h['lr']:.4f}  train loss {h['train_loss']:.3f} "
-                f"error {h['train_error']:.2%}  test loss {h['test_loss']:.3f} error {h['test_error']:.2%}  "
-                f"{time.perf_counter() - start:.0f} s",
-                flush=True,
-            )
+            _print_epoch(history[-1], epochs, time.perf_counter() - start)
     return {"history": history, "test_error": history[-1]["test_error"], "seconds": time.perf_counter() - start}
+
+
+def _print_epoch(record: dict[str, float], epochs: int, seconds: float) -> None:
+    print(
+        f"epoch {record['epoch']}/{epochs}  lr {record['lr']:.4f}  train loss {record['train_loss']:.3f} "
+        f"error {record['train_error']:.2%}  test loss {record['test_loss']:.3f} error {record['test_error']:.2%}  "
+        f"{seconds:.0f} s",
+        flush=True,
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    device: str | torch.device,
+) -> dict[str, float]:
+    """One pass over ``loader``, one SGD step and one schedule step per batch: mean ``loss`` and ``error``."""
+    model.train()
+    loss_sum, wrong, count = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)  # (B, num_classes)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.item() * len(labels)
+        wrong += (logits.argmax(1) != labels).sum().item()
+        count += len(labels)
+    return {"loss": loss_sum / count, "error": wrong / count}

@@ -142,15 +142,10 @@ def compare_with_batchnorm(
     """
     share = _share(sizes, group)
     options = {"momentum": momentum, "affine": affine, "track_running_stats": track_running_stats}
-    sync_bn = SyncBatchNorm(CHANNELS, process_group=group, sync=sync, **options).to(dtype)
-    reference = REFERENCE[dims](CHANNELS, **options).to(dtype)
+    sync_bn, reference = _paired_layers(dims, dtype, options, process_group=group, sync=sync)
     generator = torch.Generator().manual_seed(2018)
-    if affine:
-        with torch.no_grad():
-            for layer in (sync_bn, reference):
-                layer.weight.copy_(torch.linspace(0.5, 2.0, CHANNELS))
-                layer.bias.copy_(torch.linspace(-1.0, 1.0, CHANNELS))
-    errors = dict.fromkeys(("out", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var", "eval"), 0.0)
+    names = ("out", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var", "eval")
+    errors = dict.fromkeys(names, 0.0)
     calls: dict[str, list[list[str]]] = {"forward": [], "backward": [], "eval": []}
 
     def record(name: str, difference: Tensor) -> None:
@@ -162,25 +157,7 @@ def compare_with_batchnorm(
         upstream = torch.randn(whole.shape, generator=generator, dtype=dtype)
         if input_dtype is not None:  # the reference sees the same rounded values, in full precision
             whole, upstream = (t.to(input_dtype).to(dtype) for t in (whole, upstream))
-        x = whole[share].to(input_dtype or dtype).requires_grad_()
-        whole.requires_grad_()
-        with recording_collectives() as forward_calls:
-            y = sync_bn(x)
-        with recording_collectives() as backward_calls:
-            y.backward(upstream[share].to(y.dtype))
-        calls["forward"].append([call.name for call in forward_calls])
-        calls["backward"].append([call.name for call in backward_calls])
-        expected = reference(whole)
-        expected.backward(upstream)
-        record("out", y.detach() - expected.detach()[share])
-        record("grad_input", x.grad - whole.grad[share])
-        if affine:  # each rank holds the gradient of its share: their sum is the whole batch's
-            for name in ("weight", "bias"):
-                grad = getattr(sync_bn, name).grad.clone()
-                dist.all_reduce(grad, group=group)
-                record(f"grad_{name}", grad - getattr(reference, name).grad)
-            sync_bn.zero_grad()
-            reference.zero_grad()
+        _training_pass(sync_bn, reference, whole, upstream, share, group, input_dtype or dtype, record, calls)
     if track_running_stats:
         record("running_mean", sync_bn.running_mean - reference.running_mean)
         record("running_var", sync_bn.running_var - reference.running_var)
@@ -194,6 +171,53 @@ def compare_with_batchnorm(
         record("eval", sync_bn(local) - reference(local))
     calls["eval"].append([call.name for call in eval_calls])
     return {"errors": errors, "calls": calls, "tolerance": TOLERANCE[input_dtype or dtype], "sync": sync}
+
+
+def _paired_layers(
+    dims: int, dtype: torch.dtype, options: dict[str, Any], **sync_options: Any
+) -> tuple[nn.Module, nn.Module]:
+    """A SyncBatchNorm and the torch BatchNorm for ``dims``-dimensional inputs, with the same weights."""
+    sync_bn = SyncBatchNorm(CHANNELS, **sync_options, **options).to(dtype)
+    reference = REFERENCE[dims](CHANNELS, **options).to(dtype)
+    if options["affine"]:
+        with torch.no_grad():
+            for layer in (sync_bn, reference):
+                layer.weight.copy_(torch.linspace(0.5, 2.0, CHANNELS))
+                layer.bias.copy_(torch.linspace(-1.0, 1.0, CHANNELS))
+    return sync_bn, reference
+
+
+def _training_pass(
+    sync_bn: nn.Module,
+    reference: nn.Module,
+    whole: Tensor,
+    upstream: Tensor,
+    share: slice,
+    group: Any,
+    input_dtype: torch.dtype,
+    record: Callable[[str, Tensor], None],
+    calls: dict[str, list[list[str]]],
+) -> None:
+    """Forward + backward of ``sync_bn`` on this rank's ``share`` of ``whole``, of ``reference`` on all of it."""
+    x = whole[share].to(input_dtype).requires_grad_()
+    whole.requires_grad_()
+    with recording_collectives() as forward_calls:
+        y = sync_bn(x)
+    with recording_collectives() as backward_calls:
+        y.backward(upstream[share].to(y.dtype))
+    calls["forward"].append([call.name for call in forward_calls])
+    calls["backward"].append([call.name for call in backward_calls])
+    expected = reference(whole)
+    expected.backward(upstream)
+    record("out", y.detach() - expected.detach()[share])
+    record("grad_input", x.grad - whole.grad[share])
+    if sync_bn.affine:  # each rank holds the gradient of its share: their sum is the whole batch's
+        for name in ("weight", "bias"):
+            grad = getattr(sync_bn, name).grad.clone()
+            dist.all_reduce(grad, group=group)
+            record(f"grad_{name}", grad - getattr(reference, name).grad)
+        sync_bn.zero_grad()
+        reference.zero_grad()
 
 
 def _loss_value(criterion: Callable[..., Any], outputs: Any, targets: Tensor) -> Tensor:
@@ -252,27 +276,45 @@ def compare_ddp_with_one_process(
         if len(inputs) != total:
             raise ValueError(f"each batch must hold sum(sizes) = {total} samples, got {len(inputs)}.")
         for name, net in models.items():
-            if name == "one_process":
-                loss = _loss_value(criterion, net(inputs), targets)
-                whole = loss.detach()
-            else:
-                weighted = _loss_value(criterion, net(inputs[share]), targets[share]) * weight
-                loss = weighted * world_size
-                whole = weighted.detach().clone()
-                dist.all_reduce(whole, group=group)
-            optimizers[name].zero_grad()
-            loss.backward()
-            optimizers[name].step()
-            losses[name].append(whole.item())
+            shard = None if name == "one_process" else (share, weight, world_size, group)
+            losses[name].append(_sgd_step(net, optimizers[name], criterion, inputs, targets, shard))
     expected = one_process.state_dict()
-    difference = {
-        name: max(
-            (net.module.state_dict()[key].double() - value.double()).abs().max().item()
-            for key, value in expected.items()
-        )
-        for name, net in replicas.items()
-    }
-    return {"difference": difference, "losses": losses}
+    return {"difference": {name: _largest_difference(net.module, expected) for name, net in replicas.items()},
+            "losses": losses}
+
+
+def _sgd_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[..., Any],
+    inputs: Tensor,
+    targets: Tensor,
+    shard: tuple[slice, float, int, Any] | None,
+) -> float:
+    """One SGD step of ``net``; returns the whole batch's loss.
+
+    ``shard``: None for the whole batch in this process, else ``(share, n_r / N,
+    R, group)``: this rank's share, back-propagating :math:`R (n_r / N) L_r`.
+    """
+    if shard is None:
+        loss = _loss_value(criterion, net(inputs), targets)
+        whole = loss.detach()
+    else:
+        share, weight, world_size, group = shard
+        weighted = _loss_value(criterion, net(inputs[share]), targets[share]) * weight
+        loss = weighted * world_size
+        whole = weighted.detach().clone()
+        dist.all_reduce(whole, group=group)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return whole.item()
+
+
+def _largest_difference(model: nn.Module, expected: dict[str, Tensor]) -> float:
+    """The largest absolute difference of a parameter or buffer of ``model`` from ``expected``."""
+    state = model.state_dict()
+    return max((state[key].double() - value.double()).abs().max().item() for key, value in expected.items())
 
 
 def statistics_per_rank(
@@ -307,7 +349,7 @@ def statistics_per_rank(
 
 
 def check_against_batchnorm(rank: int, world_size: int, cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """:func:`compare_with_batchnorm` in the default group, ``{name: its result}`` for each ``name: kwargs`` of ``cases``."""
+    """``{name: compare_with_batchnorm(**kwargs)}`` in the default group, for each ``name: kwargs`` of ``cases``."""
     return {name: compare_with_batchnorm(group=None, **case) for name, case in cases.items()}
 
 
@@ -372,7 +414,10 @@ def train_with_ddp(
     lr: float = 0.1,
     momentum: float = 0.9,
 ) -> dict[str, Any]:
-    """:func:`compare_ddp_with_one_process` over the default group (``model``, ``batches``, ``criterion`` travel pickled)."""
+    """:func:`compare_ddp_with_one_process` over the default group.
+
+    ``model``, ``batches`` and ``criterion`` travel pickled.
+    """
     return compare_ddp_with_one_process(model, batches, criterion, sizes, lr=lr, momentum=momentum)
 
 
