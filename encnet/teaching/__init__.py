@@ -11,4 +11,6 @@ training and inference never import them.
   collectives it issues, DistributedDataParallel training.
 - :mod:`encnet.teaching.memory`: the extra peak memory of one Encoding Layer
   pass, measured in a fresh process (notebook 01, ``benchmarks/encoding.py``).
+- :mod:`encnet.teaching.notebook`: the set-up every notebook starts with (the
+  quick switch, seed, threads, figure size).
 """
