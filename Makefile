@@ -2,6 +2,7 @@
 #   make reproduce   set up, then run the main job on the embedded synthetic data
 #   make test        set up, then lint (ruff) and run the tests (unit tests and the notebooks)
 # `make lab` opens JupyterLab on the notebooks.
+# `make artefacts` retrains from scratch the models and the sweep the notebooks read (over an hour on a CPU).
 # `make lock` refreshes the pinned versions in constraints.txt (needs PyPI).
 # `make peers` checks encnet against mmsegmentation's and PyTorch-Encoding's own code (needs PyPI).
 
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup reproduce test lab lock peers clean
+.PHONY: setup reproduce test lab artefacts lock peers clean
 
 setup: $(STAMP)
 
@@ -44,6 +45,10 @@ test: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+# The two shipped models (notebooks/models/*.pt) and the SE-loss sweep (notebooks/results/), from scratch.
+artefacts: $(STAMP)
+	$(BIN)/python notebooks/artefacts.py
 
 # The peers' code lives beside the project, never in .venv: .venv-peers is a venv of the
 # same Python whose .pth file adds .venv's packages (torch, encnet, pytest) after its own,

@@ -1,0 +1,51 @@
+"""notebooks/artefacts.py: its recipe is the one of the committed artefacts, and it rebuilds them."""
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from encnet.checkpoint import load_checkpoint
+from encnet.config import TrainConfig
+from encnet.engine import load_trained
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def artefacts():
+    spec = importlib.util.spec_from_file_location("artefacts", NOTEBOOKS / "artefacts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipe_is_the_one_of_the_committed_files(artefacts):
+    plan = artefacts.recipe(quick_run=False)
+    sweep = json.loads((NOTEBOOKS / "results" / "se_loss_sweep.json").read_text())
+    assert TrainConfig.from_dict(sweep["config"]) == plan["sweep"], "rebuild with `make artefacts`"
+    assert (sweep["alphas"], sweep["seeds"]) == (plan["alphas"], plan["seeds"]), "rebuild with `make artefacts`"
+    for model in artefacts.MODELS:
+        stored = TrainConfig.from_dict(load_checkpoint(NOTEBOOKS / "models" / f"{model}_synthetic.pt")["config"])
+        assert stored == dataclasses.replace(plan["models"], model=model, out=stored.out), model
+
+
+def test_the_quick_rebuild_writes_every_artefact_elsewhere(artefacts, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ENCNET_QUICK", "1")
+    monkeypatch.setattr(sys, "argv", ["artefacts.py", "--out", str(tmp_path)])
+    artefacts.main()
+    plan = artefacts.recipe(quick_run=True)
+    for model in artefacts.MODELS:
+        _, config, checkpoint = load_trained(tmp_path / "models" / f"{model}_synthetic.pt")
+        assert config == dataclasses.replace(plan["models"], model=model)  # out is None: no run folder
+        assert (checkpoint["optimizer"], checkpoint["scheduler"], checkpoint["rng"]) == ({}, {}, [])
+        assert checkpoint["iteration"] > 0 and len(checkpoint["history"]) == config.epochs
+    sweep = json.loads((tmp_path / "results" / "se_loss_sweep.json").read_text())
+    runs = [(run["model"], run["se_weight"], run["seed"]) for run in sweep["runs"]]
+    assert runs == [("fcn", 0.0, 0), ("encnet", 0.2, 0)]
+    assert sorted(path.name for path in tmp_path.rglob("*")) == [
+        "encnet_synthetic.pt", "fcn_synthetic.pt", "models", "results", "se_loss_sweep.json"]  # no temporary left
+    assert "quick run" in capsys.readouterr().out
