@@ -7,7 +7,7 @@ their ground truth and predictions. Pixels labelled ``ignore_index`` are black.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
