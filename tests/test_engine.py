@@ -19,14 +19,7 @@ from encnet.errors import UserError
 from encnet.inference import predict, sliding_window
 from encnet.models import build_model
 
-# A smaller run than synthetic-quick: 2 epochs of 8 training images of 64 x 64, 4 per batch.
-TINY = dataclasses.replace(
-    preset("synthetic-quick"),
-    dataset_options={**preset("synthetic-quick").dataset_options, "train_samples": 8, "val_samples": 4},
-    batch_size=4,
-    epochs=2,
-)
-ITERATIONS_PER_EPOCH = 8 // 4
+ITERATIONS_PER_EPOCH = 8 // 4  # tiny_config (conftest.py): 8 training images, 4 per batch
 
 
 class Interrupted(Exception):
@@ -62,13 +55,13 @@ def _sabotage(monkeypatch, *, after: int, action: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One TINY run written to a folder, shared by the tests that only read it."""
+def finished(tmp_path_factory, tiny_config):
+    """One tiny_config run written to a folder, shared by the tests that only read it."""
     out = tmp_path_factory.mktemp("finished")
-    return out, engine.train(dataclasses.replace(TINY, out=str(out)), progress=False)
+    return out, engine.train(dataclasses.replace(tiny_config, out=str(out)), progress=False)
 
 
-def test_train_writes_checkpoint_log_and_metrics(finished):
+def test_train_writes_checkpoint_log_and_metrics(finished, tiny_config):
     out, result = finished
     assert len(result["losses"]) == 2 * ITERATIONS_PER_EPOCH
     assert all(torch.isfinite(torch.tensor(result["losses"])))
@@ -84,26 +77,26 @@ def test_train_writes_checkpoint_log_and_metrics(finished):
     assert checkpoint["losses"].tolist() == result["losses"]
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
     # The recipe: lr scaled by batch / 16, head at 10x, poly schedule per iteration.
-    base_lr = TINY.lr * TINY.batch_size / 16
+    base_lr = tiny_config.lr * tiny_config.batch_size / 16
     expected = base_lr * (1 - ITERATIONS_PER_EPOCH / (2 * ITERATIONS_PER_EPOCH)) ** 0.9
     assert log[0]["lr"] == pytest.approx(expected)
     assert checkpoint["optimizer"]["param_groups"][1]["initial_lr"] == pytest.approx(10 * base_lr)
     model, config, _ = engine.load_trained(out / "checkpoint.pt")
-    assert config == dataclasses.replace(TINY, out=str(out))
-    val_set = engine.whole_images("synthetic", "val", root=None, options=TINY.dataset_options)
+    assert config == dataclasses.replace(tiny_config, out=str(out))
+    val_set = engine.whole_images("synthetic", "val", root=None, options=tiny_config.dataset_options)
     again = engine.evaluate(model, val_set, crop_size=64, batch_size=4)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])
 
 
-def test_resume_repeats_the_uninterrupted_run(finished, tmp_path, monkeypatch):
+def test_resume_repeats_the_uninterrupted_run(finished, tmp_path, monkeypatch, tiny_config):
     _, whole = finished
-    _sabotage(monkeypatch, after=(ITERATIONS_PER_EPOCH + 1) * TINY.batch_size, action="crash")  # mid-epoch 2
+    _sabotage(monkeypatch, after=(ITERATIONS_PER_EPOCH + 1) * tiny_config.batch_size, action="crash")  # mid-epoch 2
     with pytest.raises(Interrupted):
-        engine.train(dataclasses.replace(TINY, out=str(tmp_path)), progress=False)
+        engine.train(dataclasses.replace(tiny_config, out=str(tmp_path)), progress=False)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == ITERATIONS_PER_EPOCH
     resumed = engine.train(
-        dataclasses.replace(TINY, out=str(tmp_path), resume=str(tmp_path / "checkpoint.pt")), progress=False
+        dataclasses.replace(tiny_config, out=str(tmp_path), resume=str(tmp_path / "checkpoint.pt")), progress=False
     )
     assert resumed["losses"] == whole["losses"]  # exactly: the same images, augmentation and dropout masks
     for name in ("pixAcc", "mIoU", "IoU"):
@@ -114,21 +107,22 @@ def test_resume_repeats_the_uninterrupted_run(finished, tmp_path, monkeypatch):
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
 
 
-def test_resume_refuses_another_recipe_or_model(finished):
+def test_resume_refuses_another_recipe_or_model(finished, tiny_config):
     path = str(finished[0] / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=r"model 'encnet' \(this run: 'fcn'\)"):
-        engine.train(dataclasses.replace(TINY, model="fcn", resume=path), progress=False)
+        engine.train(dataclasses.replace(tiny_config, model="fcn", resume=path), progress=False)
     with pytest.raises(CheckpointError, match=r"lr=0\.01 \(this run: 0\.02\)"):
-        engine.train(dataclasses.replace(TINY, lr=0.02, resume=path), progress=False)
+        engine.train(dataclasses.replace(tiny_config, lr=0.02, resume=path), progress=False)
     model = build_model("encnet", "small", num_classes=17, lateral=True)
     with pytest.raises(CheckpointError, match=r"missing \[.head\.fusion"):
         load_model_state(model, load_checkpoint(path)["model"])
 
 
-def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    _sabotage(monkeypatch, after=ITERATIONS_PER_EPOCH * TINY.batch_size, action="nan")
-    with pytest.raises(FloatingPointError, match=f"iteration {ITERATIONS_PER_EPOCH + 1} of {2 * ITERATIONS_PER_EPOCH} \\(epoch 2\\)"):
-        engine.train(dataclasses.replace(TINY, out=str(tmp_path)), progress=False)
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, tiny_config):
+    _sabotage(monkeypatch, after=ITERATIONS_PER_EPOCH * tiny_config.batch_size, action="nan")
+    stopped = f"iteration {ITERATIONS_PER_EPOCH + 1} of {2 * ITERATIONS_PER_EPOCH} \\(epoch 2\\)"
+    with pytest.raises(FloatingPointError, match=stopped):
+        engine.train(dataclasses.replace(tiny_config, out=str(tmp_path)), progress=False)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["iteration"] == ITERATIONS_PER_EPOCH
     assert all(torch.isfinite(tensor).all() for tensor in checkpoint["model"].values() if tensor.is_floating_point())
@@ -144,13 +138,13 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
+def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path, tiny_config):
     marker, path = tmp_path / "pwned", tmp_path / "checkpoint.pt"
     torch.save({"format": FORMAT, "model": {}, "config": _Payload(marker)}, path)
     with pytest.raises(CheckpointError, match="refused.*Nothing of the file was run"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="refused"):
-        engine.train(dataclasses.replace(TINY, resume=str(path)), progress=False)
+        engine.train(dataclasses.replace(tiny_config, resume=str(path)), progress=False)
     assert not marker.exists()
 
 
@@ -195,14 +189,14 @@ def test_torchrun_two_ranks_with_half_batches_equal_one_process_on_the_whole_bat
             assert torch.equal(checkpoint["model"][name], tensor), name
 
 
-def test_batch_size_must_split_over_ranks_and_fit_the_data(monkeypatch):
+def test_batch_size_must_split_over_ranks_and_fit_the_data(monkeypatch, tiny_config):
     with pytest.raises(UserError, match="fewer than one batch of 64"):
-        engine.train(dataclasses.replace(TINY, batch_size=64), progress=False)
+        engine.train(dataclasses.replace(tiny_config, batch_size=64), progress=False)
     # As rank 0 of 2 processes: the check comes before any collective, so no process group is needed.
     monkeypatch.setattr(engine, "setup_process", lambda device: (0, 2, torch.device("cpu")))
     with pytest.raises(UserError, match=r"batch_size 3 is the global batch and must split evenly over the 2 "
                                         r"processes; pass a multiple of 2, e\.g\. --batch-size 2"):
-        engine.train(dataclasses.replace(TINY, batch_size=3), progress=False)
+        engine.train(dataclasses.replace(tiny_config, batch_size=3), progress=False)
 
 
 def test_keyed_augmentation_depends_only_on_the_key():

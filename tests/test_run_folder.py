@@ -17,18 +17,10 @@ from PIL import Image
 from encnet import engine
 from encnet.__main__ import _parser, _train_config, main
 from encnet.checkpoint import load_checkpoint, non_finite
-from encnet.config import preset
-from encnet.teaching.processes import spawn
+from encnet.config import TrainConfig, preset
 from encnet.errors import UserError
 from encnet.runs import RunFolder
-
-# 2 epochs of 8 training images of 64 x 64, 4 per batch: 2 iterations per epoch.
-TINY = dataclasses.replace(
-    preset("synthetic-quick"),
-    dataset_options={**preset("synthetic-quick").dataset_options, "train_samples": 8, "val_samples": 4},
-    batch_size=4,
-    epochs=2,
-)
+from encnet.teaching.processes import spawn
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -41,8 +33,8 @@ def _log_epochs(folder: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory):
-    """A TINY run stopped in its second epoch: checkpoint at iteration 2, one log record."""
+def interrupted(tmp_path_factory, tiny_config):
+    """A tiny_config run stopped in its second epoch: checkpoint at iteration 2, one log record."""
     out = tmp_path_factory.mktemp("interrupted")
     train_epoch = engine._train_epoch
 
@@ -54,7 +46,7 @@ def interrupted(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "_train_epoch", crash_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
-            engine.train(dataclasses.replace(TINY, out=str(out)), progress=False)
+            engine.train(dataclasses.replace(tiny_config, out=str(out)), progress=False)
     assert load_checkpoint(out / "checkpoint.pt")["iteration"] == 2 and _log_epochs(out) == [1]
     return out
 
@@ -75,16 +67,16 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_held_folder_refuses_a_second_run_and_a_killed_run_leaves_nothing_behind(tmp_path):
+def test_a_held_folder_refuses_a_second_run_and_a_killed_run_leaves_nothing_behind(tmp_path, tiny_config):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
         named = rf"in use by another run \(pid {holder.pid} on host .+, started 20"
         with pytest.raises(UserError, match=named):
-            engine.train(dataclasses.replace(TINY, out=str(tmp_path)), progress=False)
+            engine.train(dataclasses.replace(tiny_config, out=str(tmp_path)), progress=False)
         with pytest.raises(UserError, match=named):
-            engine.sweep(TINY, alphas=[0.0], seeds=[0], out=tmp_path / "sweep.json", progress=False)
+            engine.sweep(tiny_config, alphas=[0.0], seeds=[0], out=tmp_path / "sweep.json", progress=False)
         holder.stdin.write("go on\n")
         holder.stdin.flush()
         assert holder.wait(timeout=60) == -signal.SIGKILL
@@ -100,19 +92,19 @@ def test_a_held_folder_refuses_a_second_run_and_a_killed_run_leaves_nothing_behi
     assert folder._lock is None
 
 
-def test_a_new_run_never_touches_an_earlier_runs_files(interrupted, tmp_path):
+def test_a_new_run_never_touches_an_earlier_runs_files(interrupted, tmp_path, tiny_config):
     shutil.copytree(interrupted, tmp_path / "run")
     folder, before = tmp_path / "run", _files(interrupted)
     with pytest.raises(UserError, match=r"holds checkpoint\.pt, log\.jsonl of an earlier run.*continue that run "
                                          r"with --resume .*checkpoint\.pt, or pass another --out"):
-        engine.train(dataclasses.replace(TINY, out=str(folder)), progress=False)
+        engine.train(dataclasses.replace(tiny_config, out=str(folder)), progress=False)
     (folder / "checkpoint.pt").unlink()  # deleted to save space: the log stays the run's
     with pytest.raises(UserError, match=r"holds log\.jsonl of an earlier run.*checkpoint\.pt is gone"):
-        engine.train(dataclasses.replace(TINY, out=str(folder)), progress=False)
+        engine.train(dataclasses.replace(tiny_config, out=str(folder)), progress=False)
     assert _files(folder) == {"log.jsonl": before["log.jsonl"]}
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(UserError, match="is a file, but a run writes a folder there"):
-        engine.train(dataclasses.replace(TINY, out=str(tmp_path / "file")), progress=False)
+        engine.train(dataclasses.replace(tiny_config, out=str(tmp_path / "file")), progress=False)
 
 
 def test_a_resume_writes_to_its_own_folder_or_a_new_one_never_another_runs(interrupted, tmp_path):
@@ -138,14 +130,15 @@ def test_a_resume_writes_to_its_own_folder_or_a_new_one_never_another_runs(inter
 
 
 @pytest.mark.parametrize("killed", ["after the checkpoint, before the log", "after the log, before the checkpoint"])
-def test_after_a_resume_the_log_holds_one_record_per_evaluated_epoch(interrupted, tmp_path, killed):
+def test_after_a_resume_the_log_holds_one_record_per_evaluated_epoch(interrupted, tmp_path, killed, tiny_config):
     shutil.copytree(interrupted, tmp_path / "run")
     folder, log = tmp_path / "run", tmp_path / "run" / "log.jsonl"
     if killed.startswith("after the checkpoint"):
         log.write_text("")
     else:  # epoch 2's record is logged, its checkpoint never written
         log.write_text(log.read_text() + json.dumps({"epoch": 2, "iteration": 4}) + "\n")
-    engine.train(dataclasses.replace(TINY, out=str(folder), resume=str(folder / "checkpoint.pt")), progress=False)
+    resumed = dataclasses.replace(tiny_config, out=str(folder), resume=str(folder / "checkpoint.pt"))
+    engine.train(resumed, progress=False)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [record["epoch"] for record in records] == [1, 2]
     history = load_checkpoint(folder / "checkpoint.pt")["history"]
@@ -162,7 +155,7 @@ def test_a_diverging_run_exits_non_zero_naming_the_iteration_and_writes_no_check
     assert sorted(path.name for path in out.iterdir()) == [".lock"]
 
 
-def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite(tmp_path, monkeypatch):
+def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite(tmp_path, monkeypatch, tiny_config):
     build = engine.build
 
     def overflowing_statistics(config, num_classes, **options):
@@ -182,7 +175,7 @@ def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite
     with pytest.raises(engine.Diverged, match=r"diverged at iteration 3 of 4 \(epoch 2\): 1 parameter\(s\) or "
                                               r"buffer\(s\) hold NaN or infinite values \(backbone\..*running_var\)"
                                               r".*the last good checkpoint, .*checkpoint\.pt \(iteration 2\), is left"):
-        engine.train(dataclasses.replace(TINY, out=str(tmp_path)), progress=False)
+        engine.train(dataclasses.replace(tiny_config, out=str(tmp_path)), progress=False)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["iteration"] == 2 and non_finite(checkpoint) == []
 
@@ -194,7 +187,8 @@ def test_a_bad_validation_file_is_reported_before_the_first_iteration(tmp_path, 
         (root / "annotations" / split).mkdir(parents=True)
         for index in range(2):
             Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(root / "images" / split / f"{prefix}_{index:08d}.jpg")
-            Image.fromarray(np.ones((40, 50), np.uint8)).save(root / "annotations" / split / f"{prefix}_{index:08d}.png")
+            mask = root / "annotations" / split / f"{prefix}_{index:08d}.png"
+            Image.fromarray(np.ones((40, 50), np.uint8)).save(mask)
     bad = root / "annotations" / "validation" / "ADE_val_00000001.png"
     Image.fromarray(np.ones((40, 50, 3), np.uint8)).save(bad)  # an RGB mask
     monkeypatch.setattr(engine, "_train_epoch", lambda run, epoch: pytest.fail("training started"))
@@ -204,16 +198,16 @@ def test_a_bad_validation_file_is_reported_before_the_first_iteration(tmp_path, 
         engine.train(config, progress=False)
 
 
-def _train_on_rank(rank: int, world_size: int, out: str) -> str:
-    """One rank of a 2-rank run into ``out``: the error it stopped with."""
+def _train_on_rank(rank: int, world_size: int, out: str, config: TrainConfig) -> str:
+    """One rank of a 2-rank run of ``config`` into ``out``: the error it stopped with."""
     try:
-        engine.train(dataclasses.replace(TINY, out=out, device="cpu"), progress=False)
+        engine.train(dataclasses.replace(config, out=out, device="cpu"), progress=False)
     except UserError as error:
         return str(error)
     return "trained"
 
 
-def test_under_two_ranks_rank_zeros_refusal_stops_every_rank(tmp_path):
+def test_under_two_ranks_rank_zeros_refusal_stops_every_rank(tmp_path, tiny_config):
     (tmp_path / "metrics.json").write_text("{}")  # only rank 0 looks at the folder; rank 1 must not wait for it
-    errors = spawn(_train_on_rank, 2, str(tmp_path), timeout=60)
+    errors = spawn(_train_on_rank, 2, str(tmp_path), tiny_config, timeout=60)
     assert errors[0] == errors[1] and "holds metrics.json of an earlier run" in errors[0]
