@@ -1,4 +1,4 @@
-"""Command line: ``python -m encnet train | evaluate | predict | fetch | sweep | check-data`` (also installed as ``encnet``).
+"""Command line: ``python -m encnet train | evaluate | predict | fetch | sweep | check-data`` (or ``encnet ...``).
 
     encnet train --preset synthetic-quick --out runs/quick
     encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="segment photos with published or trained weights")
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     predict.add_argument("--weights", required=True, help="a published name or a checkpoint file")
-    predict.add_argument("--out", required=True, help="folder for <image>_labels.png, <image>_overlay.png, <image>.json")
+    predict.add_argument("--out", required=True,
+                         help="folder for <image>_labels.png, <image>_overlay.png, <image>.json")
     predict.add_argument("--ms", action="store_true", help="the publisher's multi-scale + flip test")
     predict.add_argument("--device", default="auto")
 
@@ -143,7 +144,8 @@ def _overridden(start: TrainConfig, args: argparse.Namespace, **fields) -> Train
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     if "resume" in args:
-        start = preset(args.preset) if "preset" in args else TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
+        start = (preset(args.preset) if "preset" in args
+                 else TrainConfig.from_dict(load_checkpoint(args.resume)["config"]))
         out = args.out if "out" in args else str(Path(args.resume).parent)  # the run's own folder, even if copied
         return _overridden(start, args, resume=args.resume, out=out)
     if "preset" not in args:
@@ -210,7 +212,8 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
         if entry is not None:
             suffix = "_ms" if args.ms else ""
-            published = {key: entry.figures[key + suffix] for key in ("pixAcc", "mIoU") if key + suffix in entry.figures}
+            figures = entry.figures
+            published = {key: figures[key + suffix] for key in ("pixAcc", "mIoU") if key + suffix in figures}
             print(f"published by {entry.publisher} ({'ms + flip' if args.ms else 'single scale'}): "
                   + ("  ".join(f"{key} {value:.2f}" for key, value in published.items()) or "no figure"))
 

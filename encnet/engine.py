@@ -58,7 +58,7 @@ import sys
 import time
 from itertools import chain
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -266,7 +266,7 @@ def train(config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any
         return _finish(run)
 
 
-def _open_folder(config: TrainConfig) -> ContextManager[RunFolder | None]:
+def _open_folder(config: TrainConfig) -> contextlib.AbstractContextManager[RunFolder | None]:
     """The locked run folder on rank 0 (rules of :mod:`encnet.runs`); nothing elsewhere, or when out=None."""
     if config.out is None:
         return contextlib.nullcontext()
@@ -358,7 +358,8 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
     )
     run.net.train()
     sums, start = torch.zeros(1 + len(run.part_names), dtype=torch.float64), time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not _show_progress(run.progress, run.rank), leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not _show_progress(run.progress, run.rank),
+               leave=False)
     for step, (images, masks) in enumerate(bar, start=1):
         values = _train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
         sums += values

@@ -1,4 +1,4 @@
-"""Networks: FCN and EncNet on dilated ResNets for segmentation, published checkpoints (CIFAR-10: :mod:`encnet.cifar`)."""
+"""Networks: FCN and EncNet on dilated ResNets, published checkpoints (CIFAR-10's: :mod:`encnet.cifar`)."""
 
 from . import zoo
 from .backbones import STAGE_CHANNELS, SlimBottleneck, backbone_state_dict, dilated_resnet

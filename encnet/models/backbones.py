@@ -65,7 +65,6 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Union
 from urllib.parse import urlparse
 
 import torch
@@ -80,7 +79,7 @@ from .files import read_file
 from .zoo import published_backbone
 
 NormLayer = Callable[[int], nn.Module]
-WeightsBackbone = Union[WeightsEnum, str, os.PathLike, None]
+WeightsBackbone = WeightsEnum | str | os.PathLike | None
 
 _DEPTHS = {"50": [3, 4, 6, 3], "101": [3, 4, 23, 3]}
 _STEM_WIDTHS = {"": None, "s": (64, 128), "_v1c": (32, 64)}
@@ -177,7 +176,9 @@ def _imagenet_weights(name: str, weights: WeightsEnum | str) -> WeightsEnum:
             "the class prefix), or the path of a local .pth file"
         ) from None
     except TypeError:
-        raise UserError(f"weights_backbone={weights!r} is not a weight of backbone {name!r}; expected one of {valid}") from None
+        raise UserError(
+            f"weights_backbone={weights!r} is not a weight of backbone {name!r}; expected one of {valid}"
+        ) from None
 
 
 def _download(weights: WeightsEnum) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,7 @@ from .segmentation import build_model
 from .zoo import Published
 
 StateDict = dict[str, Tensor]
-Source = Union[str, os.PathLike, dict]
+Source = str | os.PathLike | dict
 
 REFERENCE_KEYS: tuple[tuple[str, str], ...] = (
     ("pretrained.", "backbone."),
@@ -294,7 +294,9 @@ def from_checkpoint(
     return model.eval()
 
 
-def load_weights(name_or_path: str | os.PathLike, *, num_classes: int | None = None, progress: bool = True) -> tuple[nn.Module, Published | None]:
+def load_weights(
+    name_or_path: str | os.PathLike, *, num_classes: int | None = None, progress: bool = True
+) -> tuple[nn.Module, Published | None]:
     """``(model, entry)``: a published name is fetched, a path read; ``entry`` is None for a path."""
     entry = zoo.PUBLISHED.get(str(name_or_path))
     if entry is not None and entry.kind != "segmentation":
