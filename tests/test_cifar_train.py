@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from encnet.cifar.train import evaluate_classifier, train_classifier
 from encnet.cifar.data import CIFAR10_MEAN, CIFAR10_STD, SyntheticCifar10, cifar10, eval_transforms
 from encnet.cifar.models import cifar_encnet, cifar_resnet
+from encnet.cifar.train import evaluate_classifier, train_classifier
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

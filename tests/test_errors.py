@@ -66,7 +66,8 @@ def test_out_naming_a_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (lambda data: truncate_jpeg(data / "images/training/ADE_train_00000001.jpg"), "ADE_train_00000001.jpg is truncated"),
+    (lambda data: truncate_jpeg(data / "images/training/ADE_train_00000001.jpg"),
+     "ADE_train_00000001.jpg is truncated"),
     (lambda data: Image.new("RGB", (8, 8)).save(data / "annotations/training/ADE_train_00000003.png"),
      "ADE_train_00000003.png is mode RGB"),
     (lambda data: Image.new("I;16", (8, 8)).save(data / "annotations/validation/ADE_val_00000001.png"),

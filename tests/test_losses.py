@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from encnet.teaching.processes import spawn
 from encnet.errors import UserError
 from encnet.losses import EncNetLoss, global_labelled, se_target
+from encnet.teaching.processes import spawn
 
 
 def test_se_target_ignores_ignore_pixels():

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from encnet.errors import UserError
 from encnet.metrics import SegmentationMetric
 
 
@@ -41,7 +42,7 @@ def test_logits_equal_labels_and_reset():
 
 def test_bad_target_label_and_shapes_raise():
     metric = SegmentationMetric(3)
-    with pytest.raises(ValueError, match=r"label 3.*\[0, 3\)"):
+    with pytest.raises(UserError, match=r"label 3.*\[0, 3\)"):
         metric.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 3], [1, 255]]]))
     with pytest.raises(ValueError, match="shape"):
         metric.update(torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))

@@ -1,4 +1,4 @@
-"""Published checkpoints: the registry, safe loading, the publishers' protocols, `encnet predict` / `evaluate --weights`.
+"""Published checkpoints: the registry, safe loading, the publishers' protocols, `predict`, `evaluate --weights`.
 
 No test downloads: torch hub's cache is a temporary folder and its download
 function is replaced by one that refuses.
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from layouts import random_state, read_layout
 from PIL import Image
 
 import encnet.__main__ as encnet_main
@@ -23,7 +24,6 @@ from encnet.checkpoint import CheckpointError
 from encnet.errors import UserError
 from encnet.inference import fit_size, long_side_size, padded_sliding_window, predict_protocol
 from encnet.models import build_model, dilated_resnet, from_checkpoint, zoo
-from layouts import random_state, read_layout
 
 
 def test_registry_entries_are_complete_and_named_by_their_files():
@@ -170,7 +170,8 @@ def test_predict_end_to_end_in_each_layout(tmp_path, layout, capsys, monkeypatch
     assert labels.shape == (40, 56) and labels.max() < classes
     assert Image.open(tmp_path / "out" / "street_overlay.png").size == (56, 40)
     record = json.loads((tmp_path / "out" / "street.json").read_text())
-    assert len(record["se_top10"]) == 10 and record["se_top10"][0]["probability"] >= record["se_top10"][-1]["probability"]
+    probabilities = [row["probability"] for row in record["se_top10"]]
+    assert len(probabilities) == 10 and probabilities == sorted(probabilities, reverse=True)
     assert abs(sum(row["share"] for row in record["pixels_top10"]) - 1) < 1e-3 or len(record["pixels_top10"]) == 10
     assert "street_labels.png" in capsys.readouterr().out
 

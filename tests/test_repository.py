@@ -8,6 +8,7 @@ bytes, the checkpoints' pickles and the notebooks' stored outputs included.
 The samples below are spelt in two pieces, so that this file passes its own test.
 """
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -52,3 +53,16 @@ def test_the_pattern_catches_each_kind_of_path(text):
                                   b"notebooks/results/se_loss_sweep.json", b"https://github.com/zhanghang1989/PyTorch-Encoding"])
 def test_the_pattern_lets_relative_paths_and_addresses_pass(text):
     assert not MACHINE_PATH.search(text)
+
+
+def test_no_function_of_the_package_is_longer_than_60_lines():
+    """A function a reader can hold in their head: none in encnet/ spans more than 60 lines."""
+    long = []
+    for path in sorted((ROOT / "encnet").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                lines = node.end_lineno - start + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, f"functions over 60 lines: {long}"

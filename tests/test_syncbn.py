@@ -18,9 +18,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from encnet.teaching.processes import spawn
 from encnet.nn import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm
-from encnet.teaching.syncbn import CHANNELS, REFERENCE, STEPS, TAILS, compare_ddp_with_one_process, compare_with_batchnorm
+from encnet.teaching.processes import spawn
+from encnet.teaching.syncbn import (
+    CHANNELS,
+    REFERENCE,
+    STEPS,
+    TAILS,
+    compare_ddp_with_one_process,
+    compare_with_batchnorm,
+)
 
 # Cases run on a group of 2 ranks holding 3 and 5 samples (and on a group of 1 rank).
 TWO_RANK_CASES: dict[str, dict[str, Any]] = {
@@ -72,7 +79,8 @@ def all_checks(rank: int, world_size: int) -> dict[str, Any]:
         results["pair"] = {name: compare_with_batchnorm((3, 5), pair, **case) for name, case in TWO_RANK_CASES.items()}
         results["ddp"] = ddp_matches_one_process(pair)
     else:
-        results["single"] = {name: compare_with_batchnorm((4,), single, **case) for name, case in TWO_RANK_CASES.items()}
+        results["single"] = {name: compare_with_batchnorm((4,), single, **case)
+                             for name, case in TWO_RANK_CASES.items()}
         try:  # rank 2 is not in the pair: using the pair's layer must fail, not hang
             SyncBatchNorm(CHANNELS, process_group=pair)(torch.randn(2, CHANNELS))
         except RuntimeError as error:

@@ -26,7 +26,8 @@ def test_to_rgb_undoes_imagenet_normalisation_and_overlay_blends():
 
 
 def test_overlay_stays_within_the_unit_range():
-    white = (torch.ones(3, 4, 4) - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    white = (torch.ones(3, 4, 4) - mean) / std
     for alpha in (0.3, 0.45, 0.7):  # 0.45 and 0.7 give 1 + 1e-8 without clipping
         blended = overlay(white, torch.zeros(4, 4, dtype=torch.long), [(255, 255, 255)], alpha=alpha)
         assert blended.min() >= 0 and blended.max() <= 1

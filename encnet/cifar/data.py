@@ -88,13 +88,6 @@ def eval_transforms() -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
 
 
-def denormalize(image: Tensor) -> Tensor:
-    """Undo the CIFAR-10 normalisation: (3, H, W) or (B, 3, H, W) -> RGB in [0, 1], for display."""
-    mean = torch.tensor(CIFAR10_MEAN, device=image.device)[:, None, None]
-    std = torch.tensor(CIFAR10_STD, device=image.device)[:, None, None]
-    return (image * std + mean).clamp(0, 1)
-
-
 class CifarImages(Dataset):
     """Labelled 32 x 32 images held in memory: item ``i`` is ``(transforms(images[i]), labels[i])``.
 

@@ -13,8 +13,8 @@ the loader returns 255 (ignored) for 0 and ``k - 1`` for ``k``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 from .folder import SegmentationFiles

@@ -20,9 +20,9 @@ loaders check it as each mask is loaded and name the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -68,7 +68,10 @@ def check_files(dataset: Dataset, *, same_size: bool = False) -> None:
 
 
 def _check_pair(image: Path, mask: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """One image and its mask, from their headers: ``((width, height), None)`` if sound, else ``(None, what is wrong)``."""
+    """One image and its mask, from their headers.
+
+    Returns ``((width, height), None)`` if sound, else ``(None, what is wrong)``.
+    """
     image_size, problem = _image_header(image)
     if problem:
         return None, problem

@@ -8,8 +8,8 @@ both datasets share (stored 0 = unlabelled, k = class k-1) and the joint
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

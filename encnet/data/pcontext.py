@@ -20,8 +20,8 @@ and ``k - 1`` for ``k`` (mmsegmentation's ``reduce_zero_label``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 from .folder import SegmentationFiles

@@ -19,8 +19,8 @@ boundaries and "difficult" regions).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

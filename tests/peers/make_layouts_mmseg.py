@@ -17,7 +17,8 @@ Each fixture is ``{"publisher", "source", "kind", "num_classes", "state_dict": {
 What is known about the published files, and how:
 
 - Full EncNet checkpoints (``configs/encnet/metafile.yaml``:
-  ``encnet_r50-d8_512x512_80k_ade20k_20200622_042412-44b46b04.pth`` and the R-101 / 160k ones, all trained with mmsegmentation v0.5 in June 2020).
+  ``encnet_r50-d8_512x512_80k_ade20k_20200622_042412-44b46b04.pth`` and the R-101 / 160k ones,
+  all trained with mmsegmentation v0.5 in June 2020).
   They were saved by mmcv's ``save_checkpoint``: ``{"meta": ..., "state_dict": ...}``
   (plus ``"optimizer"`` unless stripped by ``tools/publish_model.py``, which also
   appends the first 8 hex digits of the file's SHA-256 to its name). ``meta`` is

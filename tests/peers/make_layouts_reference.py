@@ -36,7 +36,6 @@ What the source says about the published files:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pytorch_encoding

@@ -18,10 +18,10 @@ requirements are missing.
 from __future__ import annotations
 
 import pytest
+import pytorch_encoding
 import torch
 from torch import Tensor, nn
 
-import pytorch_encoding
 from encnet.models import dilated_resnet, from_checkpoint
 from encnet.nn.functional import encoding_direct
 
