@@ -58,8 +58,9 @@ class TrainConfig:
         crop_size, base_size: training crop and the size the random scaling is relative to.
         workers: DataLoader worker processes per rank.
         channels_last: keep the model's weights and the training images in the NHWC layout
-            (``torch.channels_last``); the same computation, and on a CPU oneDNN's convolutions
-            run faster on it (``benchmarks/train.py`` measures the gain on the synthetic preset).
+            (``torch.channels_last``), on which oneDNN's convolutions run faster on a CPU
+            (``benchmarks/train.py`` measures it). The same model and maths; a run differs from
+            its NCHW twin by float rounding and by its dropout masks (drawn in memory order).
         seed: seeds the model's initialisation, the data order and the augmentation.
         device: "auto" (the rank's GPU if there is one, else CPU), "cpu", "cuda" or "cuda:N".
         eval_every: evaluate on the validation split every this many epochs (and after the last).
