@@ -81,13 +81,12 @@ def table(sweep: dict[str, Any]) -> str:
     config = sweep["config"]
     options = config["dataset_options"]
     size = options.get("image_size", config["crop_size"])
-    lines = [
-        f"SE-loss ablation on SyntheticScenes ({size}x{size}, {options['train_samples']} train / "
-        f"{options['val_samples']} val images, {config['epochs']} epochs, {config['backbone']} backbone), "
-        "validation set",
-        f"{'method':17} {'encoding':8} {'SE-loss':7}  {'pixAcc %':22} {'mIoU %':22} | paper, PASCAL-Context R50: "
-        "pixAcc % / mIoU %",
-    ]
+    title = (f"SE-loss ablation on SyntheticScenes ({size}x{size}, {options['train_samples']} train / "
+             f"{options['val_samples']} val images, {config['epochs']} epochs, {config['backbone']} backbone), "
+             "validation set")
+    header = (f"{'method':17} {'encoding':8} {'SE-loss':7}  {'pixAcc %':22} {'mIoU %':22} | paper, PASCAL-Context "
+              "R50: pixAcc % / mIoU %")
+    lines = [title, header]
     for method in METHODS:
         lines.append(f"{method.name:17} {method.encoding:8} {method.se_loss:7}  "
                      f"{mean_std(percent(method, sweep, 'pixAcc')):22} {mean_std(percent(method, sweep, 'mIoU')):22} "
@@ -98,8 +97,9 @@ def table(sweep: dict[str, Any]) -> str:
 def compare(recomputed: dict[str, Any], committed: dict[str, Any]) -> str:
     """Recomputed, committed and paper's mIoU and pixAcc per method, and whether each recomputed mean lies
     within the committed seeds' range ``[min, max]``."""
-    lines = [f"{'method':17} {'metric':6}  {'recomputed %':22} {'committed %':22} {'paper %':>7}  "
-             "recomputed mean within the committed seeds' range?"]
+    header = (f"{'method':17} {'metric':6}  {'recomputed %':22} {'committed %':22} {'paper %':>7}  "
+              "recomputed mean within the committed seeds' range?")
+    lines = [header]
     for method in METHODS:
         for metric, paper in (("mIoU", method.paper_miou), ("pixAcc", method.paper_pixacc)):
             new, old = percent(method, recomputed, metric), percent(method, committed, metric)
