@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make reproduce   set up, then run the main job on the embedded synthetic data
+#   make reproduce   set up, then run the main job on the embedded synthetic data (FAST=1: no training)
 #   make test        set up, then lint (ruff) and run the tests (unit tests and the notebooks)
 # `make lab` opens JupyterLab on the notebooks.
 # `make artefacts` retrains from scratch the models and the sweep the notebooks read (over an hour on a CPU).
@@ -34,9 +34,11 @@ lock:
 	{ sed -n '/^#/p' $(CONSTRAINTS); "$$lock/bin/python" -m pip freeze --exclude encnet; } > "$$lock/constraints.txt" && \
 	mv "$$lock/constraints.txt" $(CONSTRAINTS)
 
-# All numbered notebooks, full settings, into build/ (executed .ipynb and .html).
+# Retrain the SE-loss ablation (FCN, EncNet, EncNet + SE-loss; seeds 0-2) into build/results/, run all
+# numbered notebooks with full settings into build/ (executed .ipynb and .html), print the recomputed table
+# beside the committed one. `make reproduce FAST=1`: no training, the notebooks on the committed results.
 reproduce: $(STAMP)
-	$(BIN)/python notebooks/reproduce.py
+	$(BIN)/python notebooks/reproduce.py $(if $(FAST),--fast)
 
 # Lint, then the unit tests, then the notebooks under the quick switch, checked by nbval.
 test: $(STAMP)

@@ -1,34 +1,50 @@
-"""Training and evaluation speed of the synthetic preset on this machine (its GPU if it has one, else its CPU).
+"""Training and evaluation speed of the synthetic preset on this machine's CPU, before and after issue 13's changes.
 
-    python benchmarks/train.py                # 3 rounds of 8 training iterations per model
+    python benchmarks/train.py                # 3 rounds of 8 training iterations per model and setting
     python benchmarks/train.py --rounds 5 --iterations 16
 
 Everything goes through the engine (``encnet.engine.train`` / ``evaluate``),
 data loading included, with the ``synthetic`` preset's images, batch and
-backbone. FCN and EncNet are measured in interleaved rounds (the machine is
-shared and noisy: compare the ratio of one run, not absolute figures across
-runs), and the medians are printed with the projected duration of the whole
-preset. Last, the ``synthetic-quick`` smoke run is timed end to end as a
-command (``python -m encnet train --preset synthetic-quick``, start-up included;
-target: under 30 s).
+backbone, for each of the three models of the ablation (FCN, EncNet, EncNet +
+SE-loss). Two settings are measured in interleaved rounds of the same run (the
+machine is shared and noisy: compare the ratio of one run, not absolute
+figures across runs):
+
+- before: NCHW tensors (``channels_last=False``), one run at a time on all of
+  torch's threads (the engine as it was);
+- after: NHWC tensors (``channels_last=True``, the preset's setting), two runs
+  side by side in two processes of one thread each (``sweep(..., jobs=2)``,
+  what ``make reproduce`` does); images/s is the sum of the two.
+
+The medians are printed with the projected training time of ``make
+reproduce``'s 9 runs. Then the wall time of each phase of the last ``make
+reproduce`` (build/reproduce_phases.json, written by notebooks/reproduce.py),
+and last the ``synthetic-quick`` smoke run timed end to end as a command
+(``python -m encnet train --preset synthetic-quick``, start-up included; target:
+under 30 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
-from measure import default_device, describe
 
 from encnet import engine
 from encnet.config import preset
+
+PHASES = Path(__file__).resolve().parents[1] / "build" / "reproduce_phases.json"
 
 
 def measure(config, iterations: int) -> tuple[float, float]:
@@ -44,6 +60,12 @@ def measure(config, iterations: int) -> tuple[float, float]:
     return result["history"][0]["images_per_s"], samples / (time.perf_counter() - start)
 
 
+def measure_side_by_side(pool: concurrent.futures.Executor, config, iterations: int) -> tuple[float, float]:
+    """Two ``measure`` at once in ``pool``'s two processes: the sums of their images/s."""
+    rates = [future.result() for future in [pool.submit(measure, config, iterations) for _ in range(2)]]
+    return sum(rate[0] for rate in rates), sum(rate[1] for rate in rates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -55,31 +77,55 @@ def main() -> None:
     print(f"synthetic preset: {size}x{size} images, batch {base.batch_size}, backbone {base.backbone}, "
           f"{base.dataset_options['train_samples']} training / {base.dataset_options['val_samples']} "
           f"validation images, {base.epochs} epochs; torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs; on {describe(torch.device(default_device()), torch.get_num_threads())}")
-    models = {"fcn": dataclasses.replace(base, model="fcn"), "encnet": base}
-    figures = {name: {"train": [], "eval": []} for name in models}
-    measure(base, 2)  # warm-up: first-call costs (oneDNN kernels, allocations) out of the rounds
-    for round_index in range(args.rounds):
-        for name, config in models.items():
-            train_rate, eval_rate = measure(config, args.iterations)
-            figures[name]["train"].append(train_rate)
-            figures[name]["eval"].append(eval_rate)
-            print(f"  round {round_index + 1} {name:>6}: train {train_rate:6.1f} images/s, "
-                  f"eval {eval_rate:6.1f} images/s")
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+    models = {"fcn": dataclasses.replace(base, model="fcn"), "encnet": dataclasses.replace(base, se_weight=0.0),
+              "encnet+se": base}
+    settings = ("before", "after")
+    figures = {(name, setting): {"train": [], "eval": []} for name in models for setting in settings}
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context, initializer=torch.set_num_threads,
+                                                initargs=(1,)) as pool:
+        measure(dataclasses.replace(base, channels_last=False), 2)  # warm-up: first-call costs out of the rounds
+        measure_side_by_side(pool, base, 2)
+        for round_index in range(args.rounds):
+            for name, config in models.items():
+                for setting in settings:
+                    if setting == "before":
+                        train_rate, eval_rate = measure(dataclasses.replace(config, channels_last=False),
+                                                        args.iterations)
+                    else:
+                        train_rate, eval_rate = measure_side_by_side(pool, config, args.iterations)
+                    figures[name, setting]["train"].append(train_rate)
+                    figures[name, setting]["eval"].append(eval_rate)
+                    print(f"  round {round_index + 1} {name:>9} {setting:>6}: train {train_rate:6.1f} images/s, "
+                          f"eval {eval_rate:6.1f} images/s", flush=True)
 
-    print(f"\nmedians over {args.rounds} rounds of {args.iterations} iterations:")
-    print(f"{'model':>8} {'train img/s':>12} {'eval img/s':>11} {'preset (projected)':>19}")
-    medians = {}
+    print(f"\nmedians over {args.rounds} rounds of {args.iterations} iterations (after: the sum of two 1-thread "
+          "runs side by side):")
+    print(f"{'model':>9} {'setting':>7} {'train img/s':>12} {'eval img/s':>11} {'speed-up (train)':>17}")
+    projected = {setting: 0.0 for setting in settings}
     for name, config in models.items():
-        train_rate = statistics.median(figures[name]["train"])
-        eval_rate = statistics.median(figures[name]["eval"])
-        medians[name] = train_rate
+        medians = {setting: (statistics.median(figures[name, setting]["train"]),
+                             statistics.median(figures[name, setting]["eval"])) for setting in settings}
         options = config.dataset_options
         evaluations = -(-config.epochs // config.eval_every)
-        seconds = (config.epochs * options["train_samples"] / train_rate
-                   + evaluations * options["val_samples"] / eval_rate)
-        print(f"{name:>8} {train_rate:12.1f} {eval_rate:11.1f} {seconds / 60:16.1f} min")
-    print(f"EncNet / FCN training time per image: {medians['fcn'] / medians['encnet']:.2f}x")
+        for setting, (train_rate, eval_rate) in medians.items():
+            speedup = f"{train_rate / medians['before'][0]:16.2f}x" if setting == "after" else ""
+            print(f"{name:>9} {setting:>7} {train_rate:12.1f} {eval_rate:11.1f} {speedup:>17}")
+            seeds = 3  # make reproduce: 3 seeds of each model
+            projected[setting] += seeds * (config.epochs * options["train_samples"] / train_rate
+                                           + evaluations * options["val_samples"] / eval_rate)
+    print("make reproduce, training of its 9 runs (projected from these medians): "
+          + ", ".join(f"{setting} {seconds / 60:.1f} min" for setting, seconds in projected.items()))
+
+    if PHASES.is_file():
+        record = json.loads(PHASES.read_text())
+        print(f"\nlast `make reproduce` ({record['mode']}, load average at its end {record['load_average'][0]:.1f} "
+              f"on {record['cpus']} CPUs), wall time per phase:")
+        for name, seconds in record["seconds"].items():
+            print(f"  {name:40} {seconds / 60:5.1f} min ({seconds:.0f} s)")
+    else:
+        print(f"\nno {PHASES.name} yet: `make reproduce` writes the wall time of its phases there")
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()

@@ -59,6 +59,10 @@ class TrainConfig:
         weight_decay, head_lr_mult, poly_power: the optimisation recipe.
         crop_size, base_size: training crop and the size the random scaling is relative to.
         workers: DataLoader worker processes per rank.
+        channels_last: keep the model's weights and the training images in the NHWC layout
+            (``torch.channels_last``), on which oneDNN's convolutions run faster on a CPU
+            (``benchmarks/train.py`` measures it). The same model and maths; a run differs from
+            its NCHW twin by float rounding and by its dropout masks (drawn in memory order).
         seed: seeds the model's initialisation, the data order and the augmentation.
         device: "auto" (the rank's GPU if there is one, else CPU), "cpu", "cuda" or "cuda:N".
         eval_every: evaluate on the validation split every this many epochs (and after the last).
@@ -91,6 +95,7 @@ class TrainConfig:
     head_lr_mult: float = 10.0
     poly_power: float = 0.9
     workers: int = 4
+    channels_last: bool = False
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
@@ -197,6 +202,7 @@ _SYNTHETIC = TrainConfig(
     base_size=64,
     workers=0,
     eval_every=3,
+    channels_last=True,
 )
 
 # Reference recipes (PyTorch-Encoding's experiments/segmentation, whose default epochs are ADE20K 180,

@@ -48,10 +48,12 @@ Progress: ``progress=None`` shows tqdm bars when standard error is a terminal
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -89,7 +91,7 @@ __all__ = ["Diverged", "KeyedAugmentation", "Run", "build", "evaluate", "load_tr
            "poly_schedule", "setup_process", "sweep", "train", "whole_images", "write_json"]
 
 # Settings that may change when a run is resumed: where it runs and what stops it, not what it computes.
-RESUMABLE_CHANGES = ("data_root", "workers", "device", "eval_every", "out", "resume", "max_loss")
+RESUMABLE_CHANGES = ("data_root", "workers", "device", "channels_last", "eval_every", "out", "resume", "max_loss")
 
 
 class Diverged(UserError, FloatingPointError):
@@ -174,8 +176,9 @@ def evaluate(
         dist.barrier()
     model.eval()
     seen = 0
+    layout = _layout_of(model)
     for images, masks in tqdm(loader, desc="evaluate", leave=False, disable=not _show_progress(progress, rank)):
-        images = images.to(device)
+        images = images.to(device, memory_format=layout)
         if protocol is not None:
             labels = predict_protocol(model, images, protocol, ms=ms).argmax(1)
         else:
@@ -295,7 +298,7 @@ def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, f
         )
     on_rank_zero(lambda: (check_files(train_set), check_files(val_set)))  # before the first iteration
     model = build(config, train_set.num_classes, pretrained=config.resume is None)
-    model = (convert_sync_batchnorm(model) if world > 1 else model).to(device)
+    model = (convert_sync_batchnorm(model) if world > 1 else model).to(device, memory_format=_layout(config))
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     lr = config.lr * config.batch_size / 16
     optimizer = torch.optim.SGD(
@@ -311,6 +314,18 @@ def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, f
         if folder is not None:
             folder.rewrite_log(run.history)  # exactly the checkpoint's epochs, wherever the last process stopped
     return run
+
+
+def _layout(config: TrainConfig) -> torch.memory_format:
+    """The memory format of the model and the training images: NHWC if ``config.channels_last``, else NCHW."""
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _layout_of(model: nn.Module) -> torch.memory_format:
+    """The memory format of ``model``'s first convolution (NHWC after training with ``channels_last``)."""
+    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    nhwc = weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -361,7 +376,8 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not _show_progress(run.progress, run.rank),
                leave=False)
     for step, (images, masks) in enumerate(bar, start=1):
-        values = _train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
+        images = images.to(run.device, non_blocking=True, memory_format=_layout(config))
+        values = _train_step(run, images, masks.to(run.device, non_blocking=True))
         sums += values
         run.losses.append(values[0].item())
         bar.set_postfix(loss=f"{values[0].item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",
@@ -474,6 +490,7 @@ def sweep(
     with_fcn: bool = False,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """The SE-loss weight sweep: train EncNet with ``se_weight = alpha`` for every alpha and seed.
 
@@ -483,14 +500,23 @@ def sweep(
     ``out``: a JSON file, rewritten after each run; runs it already holds (for
     the same base config) are not trained again, so an interrupted sweep
     continues where it stopped. The sweep holds the lock of the folder ``out``
-    is in (:class:`encnet.runs.RunFolder`). Returns what the file holds::
+    is in (:class:`encnet.runs.RunFolder`). ``jobs`` > 1 trains that many runs at
+    once, each in its own process with ``torch.get_num_threads() // jobs``
+    threads (small models use two CPU cores better as two 1-thread runs than as
+    one 2-thread run; ``benchmarks/train.py`` measures it); a run's result
+    depends on its seed, not on the job that trained it, though a run on fewer
+    threads may round differently. ``progress``: one bar over the runs (and,
+    with ``jobs=1``, each run's own bars). Returns what the file holds::
 
         {"config": base config, "alphas": [...], "seeds": [...],
          "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
     """
     base = dataclasses.replace(config, out=None, resume=None)
     result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
-    setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
+    rank, world, _ = setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
+    if not isinstance(jobs, int) or jobs < 1 or (jobs > 1 and world > 1):
+        raise UserError(f"jobs must be a positive integer, and 1 under torchrun (here {world} processes), got "
+                        f"{jobs!r}; pass jobs=1, or run the sweep without torchrun")
     folder = None if out is None else on_rank_zero(lambda: RunFolder(Path(out).parent).lock())
     with folder or contextlib.nullcontext():
         result["runs"] = on_rank_zero(lambda: _finished_runs(out, base))
@@ -501,15 +527,49 @@ def sweep(
         planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
         planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
         done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
-        for model, alpha, seed in (key for key in planned if key not in done):
-            options = {name: value for name, value in base.model_options.items() if name in MODEL_OPTIONS[model]}
-            run = train(dataclasses.replace(base, model=model, model_options=options, se_weight=alpha, seed=seed),
-                        progress=progress)
-            result["runs"].append({"model": model, "se_weight": alpha, "seed": seed, **run["metrics"],
-                                   "history": run["history"]})
+        todo = [_sweep_config(base, model, alpha, seed) for model, alpha, seed in planned
+                if (model, alpha, seed) not in done]
+        bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run",
+                   disable=not _show_progress(progress, rank))
+        for record in _sweep_runs(todo, jobs, progress=progress if jobs == 1 else False):
+            result["runs"].append(record)
+            bar.update()
+            bar.set_postfix_str(f"{record['model']} alpha={record['se_weight']:g} seed {record['seed']}: "
+                                f"mIoU {100 * record['mIoU']:.2f}%")
             if folder is not None:
                 write_json(out, result)
+        bar.close()
     return result
+
+
+def _sweep_config(base: TrainConfig, model: str, alpha: float, seed: int) -> TrainConfig:
+    """One run of a sweep: ``base`` with its model (keeping the options that model takes), alpha and seed."""
+    options = {name: value for name, value in base.model_options.items() if name in MODEL_OPTIONS[model]}
+    return dataclasses.replace(base, model=model, model_options=options, se_weight=alpha, seed=seed)
+
+
+def _sweep_runs(configs: list[TrainConfig], jobs: int, *, progress: bool | None):
+    """Train ``configs``, ``jobs`` at a time; yield each run's sweep record as it finishes."""
+    if jobs == 1:
+        yield from (_sweep_record(config, progress=progress) for config in configs)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from the caller's
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
+                                                  initargs=(threads,))
+    try:
+        pending = [pool.submit(_sweep_record, config, progress=False) for config in configs]
+        for future in concurrent.futures.as_completed(pending):
+            yield future.result()
+    finally:  # after an error (or an interrupt), the runs not started yet are dropped, not trained
+        pool.shutdown(cancel_futures=True)
+
+
+def _sweep_record(config: TrainConfig, *, progress: bool | None) -> dict[str, Any]:
+    """Train one run of a sweep; its record in the sweep file (metrics and history, no weights)."""
+    run = train(config, progress=progress)
+    return {"model": config.model, "se_weight": config.se_weight, "seed": config.seed, **run["metrics"],
+            "history": run["history"]}
 
 
 def _finished_runs(out: str | os.PathLike | None, base: TrainConfig) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ The artefacts, under ``notebooks/`` (or ``DIR``):
 - ``results/se_loss_sweep.json`` (notebook 03): the SE-loss sweep of
   ``encnet.engine.sweep``, an FCN and an EncNet for every SE-loss weight alpha,
   for every seed.
+- ``results/se_loss_long.json`` (notebook 03): the same three models of the
+  ablation (FCN, EncNet, EncNet + SE-loss) trained for 3x the epochs.
 
 How each was made is the table :data:`RECIPE` below, and only there: a preset of
 ``encnet.config`` and its overrides, and the sweep's alphas and seeds. Change
@@ -52,25 +54,34 @@ RECIPE: dict[str, Any] = {
     "sweep": {
         "preset": "synthetic",
         "overrides": {},
-        "alphas": [0.0, 0.1, 0.2, 0.4, 0.8],
+        "alphas": [0.0, 0.1, 0.2, 0.4, 0.8, 1.6],
         "seeds": [0, 1, 2],
     },
+    "long": {
+        "preset": "synthetic",
+        "overrides": {"epochs": 9},
+        "alphas": [0.0, 0.2],
+        "seeds": [0],
+    },
 }
+SWEEPS = {"sweep": "se_loss_sweep.json", "long": "se_loss_long.json"}  # results/{file}
+JOBS = 2  # runs trained side by side, one thread each (faster than one run on two threads on 2 cores)
 # The same under the quick switch (ENCNET_QUICK=1): tiny runs that check the recipe, not results.
 _TINY = {"epochs": 1, "dataset_options": {"image_size": 64, "train_samples": 8, "val_samples": 8}}
 QUICK_RECIPE: dict[str, Any] = {
     "models": {"preset": "synthetic-quick", "overrides": {**_TINY, "device": "cpu"}},
     "sweep": {"preset": "synthetic-quick", "overrides": _TINY, "alphas": [0.2], "seeds": [0]},
+    "long": {"preset": "synthetic-quick", "overrides": {**_TINY, "epochs": 2}, "alphas": [0.2], "seeds": [0]},
 }
 
 
 def recipe(quick_run: bool | None = None) -> dict[str, Any]:
     """:data:`RECIPE` (or :data:`QUICK_RECIPE`, by default under the quick switch) with its configs built."""
     table = QUICK_RECIPE if (quick() if quick_run is None else quick_run) else RECIPE
-    models, runs = table["models"], table["sweep"]
-    return {"models": dataclasses.replace(preset(models["preset"]), **models["overrides"]),
-            "sweep": dataclasses.replace(preset(runs["preset"]), **runs["overrides"]),
-            "alphas": runs["alphas"], "seeds": runs["seeds"]}
+    built = {name: dataclasses.replace(preset(entry["preset"]), **entry["overrides"]) for name, entry in table.items()}
+    for name in SWEEPS:
+        built[f"{name}_alphas"], built[f"{name}_seeds"] = table[name]["alphas"], table[name]["seeds"]
+    return built
 
 
 def shipped_model(config: TrainConfig, model: str, path: Path) -> None:
@@ -88,7 +99,7 @@ def sweep_file(config: TrainConfig, alphas: list[float], seeds: list[int], path:
     """The whole sweep into a fresh file, then moved to ``path`` (no run of an earlier file is reused)."""
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".artefacts-") as folder:
         fresh = Path(folder) / path.name
-        sweep(config, alphas=alphas, seeds=seeds, with_fcn=True, out=fresh, progress=None)
+        sweep(config, alphas=alphas, seeds=seeds, with_fcn=True, out=fresh, progress=None, jobs=JOBS)
         os.replace(fresh, path)
 
 
@@ -106,9 +117,10 @@ def main() -> None:
         path = args.out / "models" / f"{model}_synthetic.pt"
         shipped_model(plan["models"], model, path)
         print(f"  {path.relative_to(args.out)}  ({time.perf_counter() - start:.0f} s)")
-    path = args.out / "results" / "se_loss_sweep.json"
-    sweep_file(plan["sweep"], plan["alphas"], plan["seeds"], path)
-    print(f"  {path.relative_to(args.out)}  ({time.perf_counter() - start:.0f} s)")
+    for name, file in SWEEPS.items():
+        path = args.out / "results" / file
+        sweep_file(plan[name], plan[f"{name}_alphas"], plan[f"{name}_seeds"], path)
+        print(f"  {path.relative_to(args.out)}  ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

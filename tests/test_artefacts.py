@@ -25,9 +25,10 @@ def artefacts():
 
 def test_the_recipe_is_the_one_of_the_committed_files(artefacts):
     plan = artefacts.recipe(quick_run=False)
-    sweep = json.loads((NOTEBOOKS / "results" / "se_loss_sweep.json").read_text())
-    assert TrainConfig.from_dict(sweep["config"]) == plan["sweep"], "rebuild with `make artefacts`"
-    assert (sweep["alphas"], sweep["seeds"]) == (plan["alphas"], plan["seeds"]), "rebuild with `make artefacts`"
+    for name, file in artefacts.SWEEPS.items():
+        sweep = json.loads((NOTEBOOKS / "results" / file).read_text())
+        assert TrainConfig.from_dict(sweep["config"]) == plan[name], f"{file}: rebuild with `make artefacts`"
+        assert (sweep["alphas"], sweep["seeds"]) == (plan[f"{name}_alphas"], plan[f"{name}_seeds"]), file
     for model in artefacts.MODELS:
         stored = TrainConfig.from_dict(load_checkpoint(NOTEBOOKS / "models" / f"{model}_synthetic.pt")["config"])
         assert stored == dataclasses.replace(plan["models"], model=model, out=stored.out), model
@@ -43,9 +44,10 @@ def test_the_quick_rebuild_writes_every_artefact_elsewhere(artefacts, tmp_path, 
         assert config == dataclasses.replace(plan["models"], model=model)  # out is None: no run folder
         assert (checkpoint["optimizer"], checkpoint["scheduler"], checkpoint["rng"]) == ({}, {}, [])
         assert checkpoint["iteration"] > 0 and len(checkpoint["history"]) == config.epochs
-    sweep = json.loads((tmp_path / "results" / "se_loss_sweep.json").read_text())
-    runs = [(run["model"], run["se_weight"], run["seed"]) for run in sweep["runs"]]
-    assert runs == [("fcn", 0.0, 0), ("encnet", 0.2, 0)]
-    assert sorted(path.name for path in tmp_path.rglob("*")) == [
-        "encnet_synthetic.pt", "fcn_synthetic.pt", "models", "results", "se_loss_sweep.json"]  # no temporary left
+    for file in artefacts.SWEEPS.values():
+        sweep = json.loads((tmp_path / "results" / file).read_text())
+        runs = sorted((run["model"], run["se_weight"], run["seed"]) for run in sweep["runs"])
+        assert runs == [("encnet", 0.2, 0), ("fcn", 0.0, 0)], file
+    assert sorted(path.name for path in tmp_path.rglob("*")) == [  # no temporary left
+        "encnet_synthetic.pt", "fcn_synthetic.pt", "models", "results", "se_loss_long.json", "se_loss_sweep.json"]
     assert "quick run" in capsys.readouterr().out

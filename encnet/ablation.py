@@ -1,0 +1,128 @@
+"""The paper's SE-loss ablation read from a sweep file: its rows, their mean and spread over seeds.
+
+A sweep file is what :func:`encnet.engine.sweep` writes::
+
+    {"config": base config, "alphas": [...], "seeds": [...],
+     "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
+
+The ablation (Zhang et al., CVPR 2018, arXiv:1803.08904, "Ablation Study of EncNet on
+PASCAL Context") has three rows, each a (model, alpha) of the sweep: FCN, EncNet
+(alpha = 0: the Context Encoding Module without the SE-loss) and EncNet + SE-loss
+(alpha = 0.2). :func:`table` prints them as mean ± sample std over seeds,
+:func:`compare` sets a recomputed sweep beside a committed one (what ``make
+reproduce`` ends with) and :func:`ordering` checks, seed by seed, that
+``mIoU(FCN) < mIoU(EncNet) < mIoU(EncNet + SE-loss)`` with a margin between the ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .errors import UserError
+
+
+class Method(NamedTuple):
+    """One row of the ablation: which runs of a sweep it is, and the paper's PASCAL-Context numbers."""
+
+    name: str
+    model: str
+    alpha: float
+    encoding: str
+    se_loss: str
+    paper_pixacc: float  # %, ResNet-50, single scale
+    paper_miou: float  # %
+
+
+METHODS = (
+    Method("FCN", "fcn", 0.0, "-", "-", 73.4, 41.0),
+    Method("EncNet", "encnet", 0.0, "yes", "-", 78.1, 47.6),
+    Method("EncNet + SE-loss", "encnet", 0.2, "yes", "a=0.2", 79.4, 49.2),
+)
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """The sweep file at ``path``; a missing or malformed file is a :class:`UserError` saying what to do."""
+    try:
+        sweep = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the sweep file {str(path)!r} ({error}); expected the JSON that "
+                        "`encnet sweep` (or encnet.engine.sweep) writes: check the path or run the sweep") from None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("runs"), list):
+        raise UserError(f"{str(path)!r} is not a sweep file: expected a JSON object with a list of runs, as "
+                        "`encnet sweep` writes; check the path")
+    return sweep
+
+
+def runs_of(sweep: dict[str, Any], model: str, alpha: float) -> list[dict[str, Any]]:
+    """The runs of ``sweep`` with this model and SE-loss weight, sorted by seed."""
+    return sorted((run for run in sweep["runs"] if run["model"] == model and run["se_weight"] == alpha),
+                  key=lambda run: run["seed"])
+
+
+def percent(method: Method, sweep: dict[str, Any], metric: str) -> list[float]:
+    """``metric`` ("pixAcc" or "mIoU") of each seed of ``method`` in ``sweep``, in percent."""
+    return [100 * run[metric] for run in runs_of(sweep, method.model, method.alpha)]
+
+
+def mean_std(values: list[float]) -> str:
+    """``"mean ± std (n seeds)"`` of values already in percent; the sample std, none for one seed."""
+    if not values:
+        return "no runs"
+    spread = f" ± {statistics.stdev(values):4.2f}" if len(values) > 1 else "       "
+    return f"{statistics.mean(values):5.2f}{spread} ({len(values)} seed{'s' if len(values) > 1 else ''})"
+
+
+def table(sweep: dict[str, Any]) -> str:
+    """The ablation table of ``sweep``: a header naming its config, then one line per method, the paper beside."""
+    config = sweep["config"]
+    options = config["dataset_options"]
+    size = options.get("image_size", config["crop_size"])
+    title = (f"SE-loss ablation on SyntheticScenes ({size}x{size}, {options['train_samples']} train / "
+             f"{options['val_samples']} val images, {config['epochs']} epochs, {config['backbone']} backbone), "
+             "validation set")
+    header = (f"{'method':17} {'encoding':8} {'SE-loss':7}  {'pixAcc %':22} {'mIoU %':22} | paper, PASCAL-Context "
+              "R50: pixAcc % / mIoU %")
+    lines = [title, header]
+    for method in METHODS:
+        lines.append(f"{method.name:17} {method.encoding:8} {method.se_loss:7}  "
+                     f"{mean_std(percent(method, sweep, 'pixAcc')):22} {mean_std(percent(method, sweep, 'mIoU')):22} "
+                     f"| {method.paper_pixacc:.1f} / {method.paper_miou:.1f}")
+    return "\n".join(lines)
+
+
+def compare(recomputed: dict[str, Any], committed: dict[str, Any]) -> str:
+    """Recomputed, committed and paper's mIoU and pixAcc per method, and whether each recomputed mean lies
+    within the committed seeds' range ``[min, max]``."""
+    header = (f"{'method':17} {'metric':6}  {'recomputed %':22} {'committed %':22} {'paper %':>7}  "
+              "recomputed mean within the committed seeds' range?")
+    lines = [header]
+    for method in METHODS:
+        for metric, paper in (("mIoU", method.paper_miou), ("pixAcc", method.paper_pixacc)):
+            new, old = percent(method, recomputed, metric), percent(method, committed, metric)
+            if new and old:
+                mean = statistics.mean(new)
+                inside = min(old) <= mean <= max(old)
+                verdict = (f"{'yes' if inside else 'NO'}: {mean:.2f} {'in' if inside else 'outside'} "
+                           f"[{min(old):.2f}, {max(old):.2f}]")
+            else:
+                verdict = "cannot tell: " + ("no recomputed runs" if not new else "no committed runs")
+            lines.append(f"{method.name:17} {metric:6}  {mean_std(new):22} {mean_std(old):22} {paper:7.1f}  {verdict}")
+    return "\n".join(lines)
+
+
+def ordering(sweep: dict[str, Any], *, margin: float = 5.0) -> list[str]:
+    """One line per seed present in all three methods: whether mIoU(FCN) < mIoU(EncNet) < mIoU(EncNet + SE-loss)
+    and mIoU(EncNet + SE-loss) - mIoU(FCN) >= ``margin`` points."""
+    by_seed = [{run["seed"]: 100 * run["mIoU"] for run in runs_of(sweep, method.model, method.alpha)}
+               for method in METHODS]
+    lines = []
+    for seed in sorted(set.intersection(*(set(values) for values in by_seed))):
+        fcn, encnet, se = (values[seed] for values in by_seed)
+        holds = fcn < encnet < se and se - fcn >= margin
+        lines.append(f"seed {seed}: FCN {fcn:.2f} < EncNet {encnet:.2f} < EncNet + SE-loss {se:.2f}, ends "
+                     f"{se - fcn:+.2f} points (at least {margin:g}): {'holds' if holds else 'DOES NOT HOLD'}")
+    return lines

@@ -1,0 +1,93 @@
+"""What `make reproduce` rests on: runs side by side (sweep jobs), the NHWC layout, the ablation table and checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from encnet import ablation, engine
+from encnet.config import preset
+from encnet.errors import UserError
+
+TINY = dataclasses.replace(preset("synthetic-quick"), epochs=1,
+                           dataset_options={"image_size": 64, "train_samples": 16, "val_samples": 8})
+
+
+def _without_speed(runs):
+    """The sweep's records as JSON (NaN IoUs compare equal) keyed by run, without the measured speed."""
+    return {(run["model"], run["se_weight"], run["seed"]): json.dumps(
+            {**run, "history": [{k: v for k, v in h.items() if k != "images_per_s"} for h in run["history"]]},
+            sort_keys=True) for run in runs}
+
+
+def test_two_jobs_train_the_same_runs_as_one(monkeypatch):
+    # Two 1-thread processes side by side give each run the result it has on one thread in this process.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # on any machine, jobs=2 gives each job 1 thread
+    side_by_side = engine.sweep(TINY, alphas=[0.2], seeds=[1], with_fcn=True, progress=False, jobs=2)
+    monkeypatch.undo()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_by_one = engine.sweep(TINY, alphas=[0.2], seeds=[1], with_fcn=True, progress=False, jobs=1)
+    finally:
+        torch.set_num_threads(before)
+    assert len(side_by_side["runs"]) == 2
+    assert _without_speed(side_by_side["runs"]) == _without_speed(one_by_one["runs"])
+
+
+@pytest.mark.parametrize("jobs", [0, 1.5])
+def test_jobs_must_be_a_positive_integer(jobs):
+    with pytest.raises(UserError, match="jobs must be a positive integer"):
+        engine.sweep(TINY, alphas=[0.0], seeds=[0], progress=False, jobs=jobs)
+
+
+def test_channels_last_is_the_same_computation_in_another_layout():
+    # Without dropout (whose masks are drawn in memory order, so they differ between the layouts).
+    nchw = engine.train(dataclasses.replace(TINY, channels_last=False, dropout=0.0), progress=False)
+    nhwc = engine.train(dataclasses.replace(TINY, channels_last=True, dropout=0.0), progress=False)
+    again = engine.train(dataclasses.replace(TINY, channels_last=True, dropout=0.0), progress=False)
+    assert engine._layout_of(nhwc["model"]) == torch.channels_last
+    assert engine._layout_of(nchw["model"]) == torch.contiguous_format
+    assert nhwc["losses"] == again["losses"]  # same seed, same result
+    assert nhwc["losses"] == pytest.approx(nchw["losses"], rel=1e-4)  # rounding apart, the same losses
+
+
+def _sweep(miou):
+    """A sweep file holding, for each (model, alpha) of ``miou``, one run per value (seed = position)."""
+    config = preset("synthetic").to_dict()
+    runs = [{"model": model, "se_weight": alpha, "seed": seed, "pixAcc": 0.9, "mIoU": value}
+            for (model, alpha), values in miou.items() for seed, value in enumerate(values)]
+    return {"config": config, "runs": runs}
+
+
+def test_the_table_and_the_comparison_with_the_committed_spread():
+    committed = _sweep({("fcn", 0.0): [0.50, 0.52, 0.54], ("encnet", 0.0): [0.60, 0.62, 0.64],
+                        ("encnet", 0.2): [0.70, 0.72, 0.74]})
+    recomputed = _sweep({("fcn", 0.0): [0.51, 0.52, 0.53], ("encnet", 0.0): [0.70, 0.70, 0.70],
+                         ("encnet", 0.2): [0.71, 0.73, 0.75]})
+    table = ablation.table(committed).splitlines()
+    assert "2000 train / 500 val images, 3 epochs" in table[0]
+    assert table[2].startswith("FCN") and "52.00 ± 2.00 (3 seeds)" in table[2] and table[2].endswith("73.4 / 41.0")
+    lines = {line[:24].strip(): line for line in ablation.compare(recomputed, committed).splitlines()[1:]}
+    assert lines["FCN               mIoU"].endswith("yes: 52.00 in [50.00, 54.00]")
+    assert lines["EncNet            mIoU"].endswith("NO: 70.00 outside [60.00, 64.00]")
+    missing = ablation.compare(_sweep({("fcn", 0.0): [0.5]}), committed)
+    assert "cannot tell: no recomputed runs" in missing
+
+
+def test_the_ordering_is_checked_seed_by_seed_with_a_margin():
+    sweep = _sweep({("fcn", 0.0): [0.50, 0.50], ("encnet", 0.0): [0.60, 0.53], ("encnet", 0.2): [0.70, 0.54]})
+    holds, too_close = ablation.ordering(sweep)
+    assert holds.startswith("seed 0:") and holds.endswith("+20.00 points (at least 5): holds")
+    assert too_close.startswith("seed 1:") and too_close.endswith("DOES NOT HOLD")
+
+
+def test_a_sweep_file_that_is_not_one(tmp_path):
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="is not a sweep file"):
+        ablation.load(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="cannot read the sweep file"):
+        ablation.load(tmp_path / "missing.json")
