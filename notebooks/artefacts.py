@@ -49,7 +49,7 @@ RECIPE: dict[str, Any] = {
     "models": {
         "preset": "synthetic",
         "overrides": {"dataset_options": {"image_size": 64, "train_samples": 2000, "val_samples": 200},
-                      "eval_every": 1, "device": "cpu"},
+                      "eval_every": 1, "device": "cpu", "channels_last": False},
     },
     "sweep": {
         "preset": "synthetic",
