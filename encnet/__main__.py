@@ -8,7 +8,7 @@
     encnet evaluate --weights encnet_resnet50s_ade --dataset ade20k --data-root /data/ADEChallengeData2016 --ms
     encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
-    encnet sweep --preset synthetic --se-weights 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --out runs/sweep.json
+    encnet sweep --preset synthetic --se-weights 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json
     encnet check-data --dataset ade20k --data-root /data
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="SE-loss weights (alpha) to train with, one run each per seed")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
     sweep.add_argument("--with-fcn", action="store_true", default=False, help="add an FCN run per seed")
+    sweep.add_argument("--jobs", type=int, default=1,
+                       help="runs trained side by side, each on threads / jobs threads (2 on a 2-core CPU)")
     sweep.add_argument("--out", required=True, help="JSON file with every run's metrics")
 
     check = commands.add_parser("check-data", help="check every file of a dataset, every mask's labels included")
@@ -307,8 +309,10 @@ def _run_sweep(args: argparse.Namespace) -> None:
     config = _overridden(preset(args.preset), args)
     _check_data_root(config)
     _check_sweep_file(args.out)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be an integer >= 1, got {args.jobs}")
     result = engine.sweep(config, alphas=args.se_weights, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
-                          progress=args.progress if "progress" in args else None)
+                          jobs=args.jobs, progress=args.progress if "progress" in args else None)
     if _is_rank_zero():
         for run in result["runs"]:
             print(f"{run['model']:>6}  alpha {run['se_weight']:<5g} seed {run['seed']}:  "

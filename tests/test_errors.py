@@ -115,6 +115,11 @@ def test_a_sweep_file_of_the_wrong_shape(tmp_path, capsys, content, expected):
               capsys, expected, "pass another --out")
 
 
+def test_sweep_jobs_must_be_positive(tmp_path, capsys):
+    one_error(["sweep", "--preset", "synthetic-quick", "--se-weights", "0.2", "--jobs", "0",
+               "--out", str(tmp_path / "sweep.json")], capsys, "--jobs must be an integer >= 1, got 0")
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--crop-size", "-5"], "--crop-size must be an integer >= 1, got -5"),
     (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
