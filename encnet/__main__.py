@@ -8,7 +8,7 @@
     encnet evaluate --weights encnet_resnet50s_ade --dataset ade20k --data-root /data/ADEChallengeData2016 --ms
     encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
-    encnet sweep --preset synthetic --se-weights 0 0.1 0.2 0.4 0.8 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json
+    encnet sweep --preset synthetic --se-weights 0 0.2 0.8 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json
     encnet check-data --dataset ade20k --data-root /data
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
