@@ -219,18 +219,31 @@ def check_compatible(checkpoint: dict[str, Any], *, model: str, backbone: str, n
         )
 
 
-def load_model_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``module.load_state_dict(state)`` with an error that names the mismatch."""
+def load_model_state(
+    module: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    what: str = "the checkpoint's weights",
+    target: str = "this model",
+    hint: str = "it was saved from another architecture (model, backbone, lateral, aux, se_weight or num_codes)",
+    counters_optional: bool = False,
+) -> None:
+    """``module.load_state_dict(state)``, strictly, with an error that names the mismatch.
+
+    Every key of ``state`` must be used and every tensor of ``module`` filled, at
+    its shape. With ``counters_optional`` a missing ``num_batches_tracked``
+    counter (which files written by older torch versions lack) is set to 0.
+    ``what``, ``target`` and ``hint`` go into the error: what was loaded, into what, and what to do.
+    """
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    optional = {key for key in own if counters_optional and key.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
-    reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    reshaped = sorted(f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})"
+                      for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or reshaped:
         details = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
                    for label, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
                    if keys]
-        raise CheckpointError(
-            f"the checkpoint's weights do not fit this model ({'; '.join(details)}); "
-            "it was saved from another architecture (model, backbone, lateral, aux, se_weight or num_codes)"
-        )
-    module.load_state_dict(state)
+        raise CheckpointError(f"{what} do not fit {target} ({'; '.join(details)}); {hint}")
+    module.load_state_dict({**{key: torch.zeros_like(own[key]) for key in optional - set(state)}, **state})

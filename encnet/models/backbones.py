@@ -74,6 +74,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import Conv2dNormActivation
 
+from ..checkpoint import load_model_state
 from ..errors import UserError
 from .files import read_file
 from .zoo import published_backbone
@@ -255,16 +256,9 @@ def dilated_resnet(
     else:
         state_dict = published_backbone(name, weights)
     state_dict = backbone_state_dict(state_dict, name)
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state_dict) - {k for k in own if k.endswith("num_batches_tracked")})
-    unexpected = sorted(set(state_dict) - set(own))
-    reshaped = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
-    if missing or unexpected or reshaped:
-        raise UserError(
-            f"the weights {str(weights)!r} do not fit the {name!r} backbone (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, reshaped {reshaped[:3]}); expected the ImageNet weights of this ResNet in "
-            "torchvision's, PyTorch-Encoding's or mmsegmentation's layout (keys like 'conv1.0.weight' or "
-            "'stem.0.weight', 'layer4.0.conv2.weight')"
-        )
-    backbone.load_state_dict({**own, **state_dict})
+    load_model_state(backbone, state_dict, what=f"the weights {str(weights)!r}",
+                     target=f"the {name!r} backbone", counters_optional=True,
+                     hint="expected the ImageNet weights of this ResNet in torchvision's, PyTorch-Encoding's or "
+                          "mmsegmentation's layout (keys like 'conv1.0.weight' or 'stem.0.weight', "
+                          "'layer4.0.conv2.weight')")
     return backbone

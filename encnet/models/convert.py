@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import FORMAT, UNCHECKED_FORMAT, CheckpointError, checksum
+from ..checkpoint import FORMAT, UNCHECKED_FORMAT, CheckpointError, checksum, load_model_state
 from ..data import DATASETS
 from ..errors import UserError
 from . import zoo
@@ -230,27 +230,6 @@ def architecture(state: StateDict) -> dict[str, Any]:
     return options
 
 
-def load_strict(model: nn.Module, state: StateDict, source: str) -> None:
-    """Load ``state`` into ``model``: every key used, every tensor filled, every shape equal.
-
-    A missing ``num_batches_tracked`` counter is set to 0 (see the module's docstring).
-    """
-    own = model.state_dict()
-    missing = [key for key in own if key not in state and not key.endswith("num_batches_tracked")]
-    unexpected = [key for key in state if key not in own]
-    reshaped = [f"{key} {tuple(state[key].shape)} (model {tuple(own[key].shape)})"
-                for key in own if key in state and state[key].shape != own[key].shape]
-    if missing or unexpected or reshaped:
-        details = "; ".join(f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-                            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                ("reshaped", reshaped)) if keys)
-        raise CheckpointError(
-            f"the weights of {source} do not fit the model built from them ({details}); "
-            "the head differs from the EncNet/FCN heads encnet builds (head width C/4, one-conv auxiliary head)"
-        )
-    model.load_state_dict({**{key: torch.zeros_like(own[key]) for key in own if key not in state}, **state})
-
-
 def from_checkpoint(
     path_or_state: Source,
     *,
@@ -287,7 +266,10 @@ def from_checkpoint(
         )
     model = build_model(options.pop("model"), options.pop("backbone"), **options,
                         align_corners=layout == "reference")
-    load_strict(model, state, source)
+    load_model_state(model, state, what=f"the weights of {source}",
+                     target="the model built from them", counters_optional=True,
+                     hint="the head differs from the EncNet/FCN heads encnet builds (head width C/4, one-conv "
+                          "auxiliary head)")
     model.publisher, model.num_classes = PUBLISHERS[layout], options["num_classes"]
     model.classes = tuple(checkpoint["classes"]) if layout == "encnet" and "classes" in checkpoint else next(
         (dataset.classes for dataset in DATASETS.values() if dataset.num_classes == options["num_classes"]), None)
