@@ -37,6 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .viz import overlay, save_palette_png
 
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -281,15 +282,11 @@ def save_segmentation(result: Segmentation, image: Any, out: str | os.PathLike, 
     The JSON holds the SE branch's 10 most probable classes, the 10 classes
     covering most pixels, and ``extra``. Returns the JSON's content.
     """
-    from .viz import colorize, save_palette_png
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_palette_png(out / f"{stem}_labels.png", result.labels, palette)
-    rgb = (to_model_input(image)[0] * torch.tensor(IMAGENET_STD)[:, None, None]
-           + torch.tensor(IMAGENET_MEAN)[:, None, None]).permute(1, 2, 0).numpy()
-    blend = 0.5 * rgb + 0.5 * colorize(result.labels, palette) / 255.0
-    Image.fromarray((blend.clip(0, 1) * 255 + 0.5).astype(np.uint8)).save(out / f"{stem}_overlay.png")
+    blend = overlay(to_model_input(image)[0], result.labels, palette)  # (H, W, 3) in [0, 1]
+    Image.fromarray((blend * 255 + 0.5).astype(np.uint8)).save(out / f"{stem}_overlay.png")
     record = {
         **(extra or {}),
         "size": list(result.labels.shape),
