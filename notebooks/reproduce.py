@@ -16,7 +16,7 @@ build/reproduce_phases.json, which ``benchmarks/train.py`` prints):
    in notebooks/results/ are never written.
 2. The notebooks: each numbered notebook runs top to bottom in a fresh kernel
    from the notebooks/ folder, with ENCNET_QUICK unset, and is written to
-   build/ as an executed notebook and as HTML. Notebook 03 reads the sweep
+   build/ as an executed notebook (tidied: encnet.teaching.notebook.tidy) and as HTML. Notebook 03 reads the sweep
    named by ENCNET_SWEEP: the fresh file after phase 1, the committed one with
    ``--fast``.
 3. The comparison: the recomputed ablation table beside the committed one and
@@ -41,6 +41,7 @@ from nbconvert import HTMLExporter
 from encnet import ablation
 from encnet.config import preset
 from encnet.engine import sweep
+from encnet.teaching.notebook import tidy
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
@@ -75,7 +76,7 @@ def run(path: Path, position: str) -> nbformat.NotebookNode:
                             on_cell_executed=progress)
     client.execute()
     print()
-    return nb
+    return tidy(nb)
 
 
 def main(argv: list[str]) -> None:

@@ -1,18 +1,18 @@
-"""The notebooks' set-up: the quick switch, the seed, threads and figure size."""
+"""The notebooks' set-up (the quick switch, the seed, threads, figure size and fonts) and the tidy step."""
 
 import matplotlib
 import pytest
 import torch
 
-from encnet.teaching.notebook import QUICK_SWITCH, quick, setup
+from encnet.teaching.notebook import KERNELSPEC, LEGIBLE, QUICK_SWITCH, WIDGET_VIEW, quick, setup, tidy
 
 
 @pytest.fixture
 def restore_threads_and_dpi():
-    threads, dpi = torch.get_num_threads(), matplotlib.rcParams["figure.dpi"]
+    threads, params = torch.get_num_threads(), {k: matplotlib.rcParams[k] for k in ["figure.dpi", *LEGIBLE]}
     yield
     torch.set_num_threads(threads)
-    matplotlib.rcParams["figure.dpi"] = dpi
+    matplotlib.rcParams.update(params)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", True), ("0", False), ("", False), (None, False)])
@@ -34,9 +34,25 @@ def test_setup_seeds_sets_threads_and_dpi_and_says_which_run(monkeypatch, capsys
     monkeypatch.setenv(QUICK_SWITCH, "0")
     assert setup(seed=3) is False
     assert torch.equal(torch.rand(4), first)  # the same seed, the same draws
-    assert torch.get_num_threads() == 1 and matplotlib.rcParams["figure.dpi"] == 72
+    assert torch.get_num_threads() == 1 and matplotlib.rcParams["figure.dpi"] == 100
+    assert matplotlib.rcParams["xtick.labelsize"] == matplotlib.rcParams["ytick.labelsize"] == 9
     assert capsys.readouterr().out.startswith("full run | torch ")
 
     state = torch.get_rng_state()
     setup(seed=None)
     assert torch.equal(torch.get_rng_state(), state)  # seed=None leaves the generator alone
+
+
+def test_tidy_sets_ipykernels_kernelspec_and_drops_widget_state_but_keeps_other_outputs():
+    figure = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    text = {"output_type": "stream", "name": "stdout", "text": "seed 0\n"}
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"text/plain": "interactive(children=(...))", WIDGET_VIEW: {"model_id": "abc"}}}
+    nb = {"metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                       "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}}}},
+          "cells": [{"cell_type": "markdown", "source": "# x"},
+                    {"cell_type": "code", "source": "explore()", "outputs": [text, widget, figure]}]}
+    assert tidy(nb) is nb
+    assert nb["metadata"] == {"kernelspec": KERNELSPEC}
+    assert nb["cells"][1]["outputs"] == [text, figure]
+    assert nb["cells"][0] == {"cell_type": "markdown", "source": "# x"}

@@ -1,4 +1,4 @@
-"""The set-up every notebook starts with: the quick switch, the seed, threads and figure size.
+"""The set-up every notebook starts with, and the tidy step every committed notebook goes through.
 
 Each numbered notebook opens with::
 
@@ -10,16 +10,33 @@ Each numbered notebook opens with::
 cell of a notebook reads ``QUICK`` and runs at a small size instead (fewer
 images, fewer steps), so that ``make test`` executes all the notebooks in
 minutes. Without it a notebook runs its full laptop settings.
+
+:func:`tidy` is applied to an executed notebook before it is committed
+(``notebooks/reproduce.py`` does it; ``python -m encnet.teaching.notebook
+FILE...`` does it in place): the kernelspec as ipykernel writes it, so that
+JupyterLab does not rewrite it on opening, and no widget state. A saved widget
+state shows as text until the notebook is trusted and as "model not found"
+once it no longer matches the outputs, so every widget in a notebook has a
+static default view drawn beside it instead.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import matplotlib
 import torch
 
 QUICK_SWITCH = "ENCNET_QUICK"
+
+# What ipykernel's own kernelspec says (``jupyter kernelspec list --json``); JupyterLab writes it on opening.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+# Legible figures: at least 100 dpi and 9 pt tick labels (the notebooks never ask for smaller).
+LEGIBLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+           "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11}
 
 
 def quick() -> bool:
@@ -27,8 +44,8 @@ def quick() -> bool:
     return os.environ.get(QUICK_SWITCH) == "1"
 
 
-def setup(*, seed: int | None = 0, threads: int = 1, dpi: int = 72) -> bool:
-    """Seed torch's generator, set torch's CPU threads and the figures' dpi; print and return :func:`quick`.
+def setup(*, seed: int | None = 0, threads: int = 1, dpi: int = 100) -> bool:
+    """Seed torch's generator, set torch's CPU threads and the figures' dpi and fonts; print and return :func:`quick`.
 
     Args:
         seed: for ``torch.manual_seed``; ``None`` leaves the generator alone.
@@ -36,12 +53,43 @@ def setup(*, seed: int | None = 0, threads: int = 1, dpi: int = 72) -> bool:
             problems are small, and one thread keeps timings steadier and a
             shared laptop responsive; a notebook with large convolutions asks for more.
         dpi: ``matplotlib.rcParams["figure.dpi"]`` (call after ``%matplotlib inline``,
-            which sets its own).
+            which sets its own). The font sizes are those of :data:`LEGIBLE`.
     """
     if seed is not None:
         torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    matplotlib.rcParams["figure.dpi"] = dpi
+    matplotlib.rcParams.update({"figure.dpi": dpi, **LEGIBLE})
     is_quick = quick()
     print("quick run" if is_quick else "full run", "| torch", torch.__version__)
     return is_quick
+
+
+def tidy(nb: dict) -> dict:
+    """``nb`` (a notebook as JSON or an ``nbformat`` node) with ipykernel's kernelspec and no widget state, in place.
+
+    Removes ``metadata.widgets`` and every output that only displays a widget
+    (mime type ``application/vnd.jupyter.widget-view+json``); other outputs of the
+    same cell (printed text, figures) stay.
+    """
+    nb["metadata"]["kernelspec"] = dict(KERNELSPEC)
+    nb["metadata"].pop("widgets", None)
+    for cell in nb["cells"]:
+        if cell.get("outputs"):
+            cell["outputs"] = [out for out in cell["outputs"] if WIDGET_VIEW not in out.get("data", {})]
+    return nb
+
+
+def main(paths: list[str]) -> None:
+    """``python -m encnet.teaching.notebook FILE...``: :func:`tidy` each notebook in place."""
+    import nbformat
+
+    if not paths:
+        sys.exit("usage: python -m encnet.teaching.notebook NOTEBOOK.ipynb... (tidies each in place)")
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.write(tidy(nb), path)
+        print(f"tidied {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
