@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make reproduce   set up, then run the main job on the embedded synthetic data (FAST=1: no training)
 #   make test        set up, then lint (ruff) and run the tests (unit tests and the notebooks)
-# `make lab` opens JupyterLab on the notebooks.
+# `make lab` opens JupyterLab on the notebooks; `make book` renders them as a website in build/book/.
 # `make artefacts` retrains from scratch the models and the sweep the notebooks read (over an hour on a CPU).
 # `make lock` refreshes the pinned versions in constraints.txt (needs PyPI).
 # `make peers` checks encnet against mmsegmentation's and PyTorch-Encoding's own code (needs PyPI).
@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup reproduce test lab artefacts lock peers clean
+.PHONY: setup reproduce test lab book book-check lab-check artefacts lock peers clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ lock:
 	lock=$$(mktemp -d) && trap 'rm -rf "$$lock"' EXIT && \
 	$(PYTHON) -m venv "$$lock" && \
 	"$$lock/bin/python" -m pip install --quiet --upgrade pip && \
-	"$$lock/bin/python" -m pip install --quiet ".[test]" && \
+	"$$lock/bin/python" -m pip install --quiet ".[test,book]" && \
 	{ sed -n '/^#/p' $(CONSTRAINTS); "$$lock/bin/python" -m pip freeze --exclude encnet; } > "$$lock/constraints.txt" && \
 	mv "$$lock/constraints.txt" $(CONSTRAINTS)
 
@@ -47,6 +47,28 @@ test: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+# The book: the committed, executed notebooks (never re-run here) as a static website, built by Sphinx
+# with myst-nb (book/conf.py) into build/book/; warnings are errors. Equations are typeset by a MathJax
+# copied into the book, so it reads offline: open build/book/index.html.
+BOOK_STAMP := $(VENV)/.installed-book
+
+$(BOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,book]"
+	touch $(BOOK_STAMP)
+
+book: $(BOOK_STAMP)
+	$(BIN)/sphinx-build -E -W --keep-going -q -b html -c book notebooks build/book
+	@echo "the book: build/book/index.html"
+
+# The browser checks (headless Chromium and chromium-driver from Debian: apt-get install chromium
+# chromium-driver): every page of the book loads, its equations render, no link is broken
+# (book/check_book.py); the widgets work in JupyterLab and survive a save and a reload (book/check_lab.py).
+book-check: book
+	$(BIN)/python book/check_book.py build/book
+
+lab-check: $(BOOK_STAMP)
+	$(BIN)/python book/check_lab.py
 
 # The two shipped models (notebooks/models/*.pt) and the SE-loss sweep (notebooks/results/), from scratch.
 artefacts: $(STAMP)

@@ -31,7 +31,7 @@ def pins(path: Path) -> dict[str, str]:
 
 
 def conda_dependencies() -> tuple[dict[str, str | None], list[str]]:
-    """environment.yml: ({PyPI name: pinned version or None}, [pip entries])."""
+    """environment.yml: ({PyPI name: pinned version or None}, [pip entries other than pinned packages])."""
     conda, pip_entries, section, in_pip_section = {}, [], None, False
     for line in (ROOT / "environment.yml").read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
@@ -44,7 +44,12 @@ def conda_dependencies() -> tuple[dict[str, str | None], list[str]]:
         if line.startswith("  - pip:"):
             in_pip_section = True
         elif line.startswith("      - ") and in_pip_section:
-            pip_entries.append(line.strip()[2:])
+            entry = line.strip()[2:].split("#")[0].strip()
+            name, separator, version = entry.partition("==")
+            if separator:  # a package that conda-forge lacks, pinned like the others
+                conda[canonicalize_name(name)] = version
+            else:
+                pip_entries.append(entry)
         elif line.startswith("  - "):
             in_pip_section = False
             entry = re.fullmatch(r"([\w.-]+)\s*(?:(==|=|>=|<=|>|<)\s*(\S+))?", line[4:].strip())
