@@ -17,11 +17,16 @@ CONSTRAINTS := constraints.txt
 setup: $(STAMP)
 
 # Every package at its version in constraints.txt; the install is redone when pyproject.toml or
-# constraints.txt changes.
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# constraints.txt changes. The venv's JupyterLab saves the widgets' state with a notebook (off by
+# default), so that a notebook a learner ran and saved reopens with its widgets, not "Error displaying
+# widget: model not found" (book/check_lab.py checks it).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) book/lab_overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	mkdir -p $(LAB_SETTINGS) && cp book/lab_overrides.json $(LAB_SETTINGS)/overrides.json
 	touch $(STAMP)
 
 # A fresh temporary venv, the package and its test extra installed unpinned (the newest releases
