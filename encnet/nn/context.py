@@ -13,11 +13,10 @@ two ways:
 
    The reference implementation returns :math:`\mathrm{ReLU}(X + X \otimes
    \gamma)` instead, a residual form: since :math:`\gamma \in (0, 1)` the
-   features are scaled by :math:`1 + \gamma \in (1, 2)`: about :math:`1.5\,X`
-   at initialisation (the attention's logits start near 0, so :math:`\gamma`
-   near 0.5), the features of a pretrained backbone keep their sign and
-   ordering, and no channel can be switched off entirely. This module follows
-   the reference.
+   features are scaled by :math:`1 + \gamma \in (1, 2)`, about 1.5 at
+   initialisation (the attention's logits start near 0, so :math:`\gamma` near
+   0.5), and no channel can be switched off entirely. This module follows the
+   reference.
 
 2. **Semantic Encoding Loss (SE-loss).** A second fully connected layer on the
    same ``e`` predicts which classes are present in the image (``se_logits``,
