@@ -38,24 +38,24 @@ def overlay(image: Tensor, mask: Tensor, palette: Sequence[Sequence[int]], alpha
     return blended.clip(0, 1)  # float rounding can step just past 1, which imshow warns about
 
 
-def show_segmentations(images, columns: dict[str, Sequence[Tensor]], palette, *, size: float = 1.8):
+def show_segmentations(images, columns: dict[str, Sequence[Tensor]], palette, *, panel_inches: float = 1.8):
     """A grid: one row per image, the image first, then one column per entry of ``columns``.
 
-    ``columns`` maps a title ("ground truth", "FCN", ...) to one (H, W) label map per image.
-    Returns the matplotlib figure.
+    ``columns`` maps a title ("ground truth", "FCN", ...) to one (H, W) label map per image;
+    each panel is ``panel_inches`` wide and high. Returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
     rows, cols = len(images), 1 + len(columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_inches * cols, panel_inches * rows), squeeze=False)
     for r, image in enumerate(images):
         axes[r, 0].imshow(to_rgb(image))
         for c, (title, masks) in enumerate(columns.items(), start=1):
             axes[r, c].imshow(colorize(masks[r], palette))
             if r == 0:
-                axes[r, c].set_title(title, fontsize=9)
+                axes[r, c].set_title(title)
         if r == 0:
-            axes[r, 0].set_title("image", fontsize=9)
+            axes[r, 0].set_title("image")
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
@@ -63,14 +63,14 @@ def show_segmentations(images, columns: dict[str, Sequence[Tensor]], palette, *,
 
 
 def palette_legend(classes: Sequence[str], palette: Sequence[Sequence[int]], *, columns: int = 4):
-    """A figure listing each class name next to its colour."""
+    """A figure listing each class name next to its colour, each swatch edged in grey (white stays visible)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    handles = [Patch(color=np.asarray(c) / 255.0, label=name) for name, c in zip(classes, palette)]
+    handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="0.3", label=name) for name, c in zip(classes, palette)]
     fig, ax = plt.subplots(figsize=(1.9 * columns, 0.3 * (len(classes) // columns + 1)))
     ax.axis("off")  # an empty, hidden axes: inline backends do not draw a figure without axes
-    ax.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=8)
+    ax.legend(handles=handles, loc="center", ncol=columns, frameon=False)
     return fig
 
 

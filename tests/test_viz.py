@@ -45,3 +45,4 @@ def test_palette_legend_lists_every_class_in_its_colour():
     assert [text.get_text() for text in legend.get_texts()] == ["road", "car"]
     colours = [tuple(round(255 * v) for v in patch.get_facecolor()[:3]) for patch in legend.get_patches()]
     assert colours == [tuple(c) for c in PALETTE]
+    assert all(patch.get_edgecolor()[:3] == (0.3, 0.3, 0.3) for patch in legend.get_patches())  # white shows

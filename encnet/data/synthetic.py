@@ -27,8 +27,9 @@ colours, noise, and ground around it): nothing local separates a car from a
 boat. Only the backdrop and the landmarks say which scene it is, and they end
 above 30 % of the height + 5 pixels, at least 0.3 x size - 5 pixels (14 px at
 64 x 64, 24 px at 96 x 96) above the nearest ambiguous pixel and farther from
-most. The ``"small"`` backbone's theoretical receptive field (75 px) covers
-that distance, its effective one does not: a trained FCN labels the ambiguous
+most. The ``"small"`` backbone's receptive field (75 px in theory) covers that
+distance, and its gradient does reach the backdrop (notebook 05 measures it),
+but a trained FCN reads the backdrop only weakly: it labels the ambiguous
 objects barely better than chance (``data/README.md`` has the measured table).
 A model that looks at the whole image at once -- the Context Encoding
 Module's encoded semantics ``e`` and its channel attention ``gamma`` -- can read
