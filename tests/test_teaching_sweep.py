@@ -1,0 +1,82 @@
+"""Notebook 03's widgets (encnet.teaching.sweep), the alpha explorer and the training panel, on a tiny sweep."""
+
+import dataclasses
+
+import matplotlib.pyplot as plt
+import pytest
+
+from encnet.config import preset
+from encnet.engine import sweep
+from encnet.teaching.sweep import (
+    alpha_explorer,
+    alpha_view,
+    evaluations,
+    plan,
+    training_images,
+    training_panel,
+)
+
+# 2 iterations of 8 images per run: three runs train in about a second.
+TINY = dataclasses.replace(preset("synthetic-quick"), dataset_options={"image_size": 64, "train_samples": 16,
+                                                                       "val_samples": 8}, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep():
+    return sweep(TINY, alphas=[0.0, 0.2], seeds=[0], with_fcn=True, progress=False)
+
+
+def test_alpha_explorer_redraws_figure_and_numbers_when_alpha_changes(tiny_sweep):
+    explorer = alpha_explorer(tiny_sweep)
+    first_figure, first_lines = explorer.output.outputs[0]["data"]["image/png"], explorer.lines
+    assert explorer.alpha.options == (0.0, 0.2) and explorer.alpha.value == 0.2
+    explorer.alpha.value = 0.0
+    assert explorer.output.outputs[0]["data"]["image/png"] != first_figure
+    assert explorer.lines != first_lines and explorer.lines[0].startswith("seed 0: pixAcc")
+    assert explorer.output.outputs[1]["text"] == "\n".join(explorer.lines) + "\n"
+    assert len(explorer.seconds) == 2
+    plt.close("all")
+
+
+def test_alpha_view_and_explorer_refuse_an_alpha_the_sweep_does_not_hold(tiny_sweep):
+    with pytest.raises(ValueError, match=r"no EncNet runs at alpha=0.4; it has 0, 0.2"):
+        alpha_view(tiny_sweep, 0.4)
+    with pytest.raises(ValueError, match=r"alpha=0.4 is not in the sweep"):
+        alpha_explorer(tiny_sweep, alpha=0.4)
+
+
+def test_training_images_and_evaluations_count_what_the_engine_runs():
+    config = dataclasses.replace(TINY, dataset_options={"image_size": 64, "train_samples": 20, "val_samples": 8},
+                                 epochs=5, batch_size=8, eval_every=2)
+    assert training_images(config) == 5 * 2 * 8  # the last incomplete batch of 4 images is dropped
+    assert evaluations(config) == 3  # after epochs 2, 4 and 5
+
+
+def test_plan_estimates_the_time_and_says_plainly_when_there_is_nothing_to_compare(tiny_sweep):
+    estimate, same_run = plan(tiny_sweep, TINY, 0.2, 0, images_per_s=4.0, basis="a test")
+    assert "16 training images; at 4 images/s (a test) about 4 s, plus 1 evaluation(s) of 8" in estimate
+    assert same_run.startswith("the sweep holds this very run (alpha=0.2, seed 0")
+    assert plan(tiny_sweep, TINY, 0.2, 3, images_per_s=4.0, basis="")[1].startswith(
+        "compared with the sweep's runs at alpha=0.2 (seeds [0], not 3)")
+    assert plan(tiny_sweep, TINY, 0.05, 0, images_per_s=4.0, basis="")[1].startswith(
+        "no comparison: the sweep has no runs at alpha=0.05 (its EncNet runs have alpha 0, 0.2)")
+    other = dataclasses.replace(TINY, epochs=2)
+    assert plan(tiny_sweep, other, 0.2, 0, images_per_s=4.0, basis="")[1].startswith(
+        "no comparison: these settings")
+    with pytest.raises(ValueError, match="images_per_s must be a positive speed"):
+        plan(tiny_sweep, TINY, 0.2, 0, images_per_s=0.0, basis="")
+
+
+def test_training_panel_shows_the_plan_and_trains_on_click_reproducing_the_sweeps_run(tiny_sweep, capsys):
+    panel = training_panel(tiny_sweep, TINY, images_per_s=4.0, basis="a test")
+    assert 0.05 in panel.alpha.options and 3.2 in panel.alpha.options
+    panel.alpha.value = 3.2
+    assert "no comparison: the sweep has no runs at alpha=3.2" in panel.output.outputs[0]["text"]
+    panel.alpha.value = 0.2
+    capsys.readouterr()
+    panel.button.click()
+    printed = capsys.readouterr().out  # outside a kernel the output widget captures nothing: it is printed
+    assert "the sweep holds this very run" in printed and "EncNet alpha=0.2 seed 0: pixAcc" in printed
+    stored = next(run for run in tiny_sweep["runs"] if run["model"] == "encnet" and run["se_weight"] == 0.2)
+    assert f"mIoU {100 * stored['mIoU']:.2f}%" in panel.lines[0]  # the same run, trained again: the same numbers
+    assert panel.lines[1].startswith("  sweep, seed 0:") and not panel.button.disabled
