@@ -56,3 +56,24 @@ def test_tidy_sets_ipykernels_kernelspec_and_drops_widget_state_but_keeps_other_
     assert nb["metadata"] == {"kernelspec": KERNELSPEC}
     assert nb["cells"][1]["outputs"] == [text, figure]
     assert nb["cells"][0] == {"cell_type": "markdown", "source": "# x"}
+
+
+def test_show_replaces_an_outputs_figure_and_text_and_closes_the_figure():
+    import base64
+
+    import ipywidgets
+    import matplotlib.pyplot as plt
+
+    from encnet.teaching.notebook import show
+
+    output = ipywidgets.Output()
+    for value in (1, 2):
+        fig, axis = plt.subplots()
+        axis.plot([0, value])
+        show(output, fig, f"value {value}\n", label="a line")
+        assert not plt.fignum_exists(fig.number)
+    image, text = output.outputs  # the second call replaced the first's outputs
+    assert base64.b64decode(image["data"]["image/png"]).startswith(b"\x89PNG")
+    assert image["data"]["text/plain"] == "<a line>" and text["text"] == "value 2\n"
+    show(output, plt.figure())
+    assert len(output.outputs) == 1

@@ -32,8 +32,6 @@ The numbers all come from :func:`encnet.nn.functional.soft_assignment` and
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..nn.functional import encoding, soft_assignment
+from .notebook import show
 
 # tab10 without its grey (index 7), which would read as "evenly shared"; RGB, (9, 3).
 CODEWORD_COLOURS = np.delete(plt.get_cmap("tab10")(np.arange(10))[:, :3], 7, axis=0)
@@ -220,13 +219,6 @@ class SmoothingSlider:
     seconds: list[float] = field(default_factory=list)  # how long each redraw took
 
 
-def _png(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def smoothing_slider(points: Tensor, codewords: Tensor, *, smoothing: float = 1.0, ratio: float = 1.0,
                      codeword: int = 0) -> SmoothingSlider:
     r"""Sliders for :math:`s` and :math:`s_{k'} / s` that redraw :func:`smoothing_view` of ``points`` and ``codewords``.
@@ -254,11 +246,7 @@ def smoothing_slider(points: Tensor, codewords: Tensor, *, smoothing: float = 1.
         start = time.perf_counter()
         fig, view = smoothing_view(points, codewords, controls.smoothing.value, controls.ratio.value,
                                    codeword=codeword)
-        controls.output.outputs = (
-            {"output_type": "display_data", "metadata": {},
-             "data": {"image/png": _png(fig), "text/plain": f"<smoothing view: {view.describe()}>"}},
-            {"output_type": "stream", "name": "stdout", "text": view.describe() + "\n"},
-        )
+        show(controls.output, fig, view.describe(), label="smoothing view")
         controls.view = view
         controls.seconds.append(time.perf_counter() - start)
 

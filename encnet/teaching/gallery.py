@@ -17,7 +17,6 @@ most, so that one sees which scene the attention reads.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ from ..data import SyntheticScenes
 from ..errors import UserError
 from ..losses import se_target
 from ..viz import colorize, to_rgb
+from .notebook import show
 
 SHOWN_CHANNELS = 24
 """Channels in the gamma strip: those whose per-scene means differ most (largest standard deviation)."""
@@ -151,8 +151,6 @@ def picker(gallery: Gallery, position: int = 0):
     update works, and can be tested, without a live front end).
     """
     import ipywidgets
-    import matplotlib.pyplot as plt
-    from IPython.display import Image
 
     options = [(f"{i}: {gallery.dataset.scenes[s]}", i) for i, s in enumerate(gallery.scenes)]
     slider = ipywidgets.SelectionSlider(options=options, value=position, description="image",
@@ -161,11 +159,7 @@ def picker(gallery: Gallery, position: int = 0):
 
     def redraw(change=None) -> None:
         fig, _ = draw(gallery, slider.value)
-        png = io.BytesIO()
-        fig.savefig(png, format="png", bbox_inches="tight")
-        plt.close(fig)
-        output.outputs = ()
-        output.append_display_data(Image(png.getvalue()))
+        show(output, fig, label=f"image {slider.value}")
 
     slider.observe(redraw, names="value")
     redraw()

@@ -64,6 +64,28 @@ def setup(*, seed: int | None = 0, threads: int = 1, dpi: int = 100) -> bool:
     return is_quick
 
 
+def show(output, fig, text: str | None = None, *, label: str = "figure") -> None:
+    """Replace what the ``ipywidgets.Output`` ``output`` shows with ``fig`` (then closed) and a line of ``text``.
+
+    Every widget of the notebooks redraws this way: the figure is rendered here to a
+    PNG at the figure's dpi (100 after :func:`setup`), so an update works, and can be
+    tested, without a front end or an inline backend; ``label`` is its text fallback.
+    """
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    shown = [{"output_type": "display_data", "metadata": {},
+              "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": f"<{label}>"}}]
+    if text is not None:
+        shown.append({"output_type": "stream", "name": "stdout", "text": text.rstrip("\n") + "\n"})
+    output.outputs = tuple(shown)
+
+
 def tidy(nb: dict) -> dict:
     """``nb`` (a notebook as JSON or an ``nbformat`` node) with ipykernel's kernelspec and no widget state, in place.
 

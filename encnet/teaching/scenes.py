@@ -16,6 +16,7 @@ from torch import nn
 from ..data.synthetic import SyntheticScenes
 from ..inference import predict
 from ..viz import colorize, to_rgb
+from .notebook import show
 
 
 def ambiguous_accuracy(labels: torch.Tensor, mask: torch.Tensor, dataset: SyntheticScenes) -> float:
@@ -61,8 +62,6 @@ def scene_picker(models: dict[str, nn.Module], dataset: SyntheticScenes, *, scen
     pixels right"); the figure goes into the ``Output`` widget before it.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     scene_choice = widgets.Dropdown(options=[(name, s) for s, name in enumerate(dataset.scenes)], value=scene,
                                     description="scene")
@@ -70,11 +69,8 @@ def scene_picker(models: dict[str, nn.Module], dataset: SyntheticScenes, *, scen
     output, scores = widgets.Output(), widgets.Label()
 
     def redraw(_=None):
-        with output:
-            output.clear_output(wait=True)
-            fig, accuracy = draw_scene(models, dataset, scene_choice.value, layout_choice.value)
-            display(fig)
-            plt.close(fig)
+        fig, accuracy = draw_scene(models, dataset, scene_choice.value, layout_choice.value)
+        show(output, fig, label=f"scene {scene_choice.value}, layout {layout_choice.value}")
         scores.value = " · ".join(f"{name} {100 * a:.0f}%" for name, a in accuracy.items()) + \
             " of the ambiguous pixels right"
 

@@ -25,9 +25,7 @@ Evaluations are not in it: each adds a forward pass over the validation images.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import math
 import time
 import warnings
@@ -43,6 +41,7 @@ from .. import ablation
 from ..config import TrainConfig
 from ..data import SyntheticScenes, build_dataset
 from ..engine import train
+from .notebook import show
 
 CLASSES = SyntheticScenes.classes
 AMBIGUOUS = np.isin(np.arange(len(CLASSES)), list(SyntheticScenes.ambiguous))  # (M,) bool: the box and disc classes
@@ -78,14 +77,6 @@ def sweep_alphas(sweep: dict[str, Any], model: str = "encnet") -> list[float]:
 
 def _alphas_text(sweep: dict[str, Any], model: str = "encnet") -> str:
     return ", ".join(f"{alpha:g}" for alpha in sweep_alphas(sweep, model))
-
-
-def _png(fig: Figure) -> str:
-    """The figure as base64 PNG at 100 dpi (closed afterwards): what an Output widget displays."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def alpha_view(sweep: dict[str, Any], alpha: float) -> tuple[Figure, list[str]]:
@@ -154,11 +145,7 @@ def alpha_explorer(sweep: dict[str, Any], *, alpha: float = 0.2) -> AlphaExplore
     def redraw(_change=None) -> None:
         start = time.perf_counter()
         fig, lines = alpha_view(sweep, slider.value)
-        output.outputs = (
-            {"output_type": "display_data", "metadata": {},
-             "data": {"image/png": _png(fig), "text/plain": f"<per-class IoU at alpha = {slider.value:g}>"}},
-            {"output_type": "stream", "name": "stdout", "text": "\n".join(lines) + "\n"},
-        )
+        show(output, fig, "\n".join(lines), label=f"per-class IoU at alpha = {slider.value:g}")
         explorer.lines = lines
         explorer.seconds.append(time.perf_counter() - start)
 
