@@ -5,13 +5,14 @@
 The source folder is ``notebooks/`` (its ``index.md`` is the contents page, to which the build adds
 the table of contents: every numbered notebook in order); the notebooks are
 rendered with their committed outputs by myst-nb, never executed here. Their relative links to the
-package's files (``../encnet/...``) become downloadable copies of those files. Equations are typeset
+package's files (``../encnet/...``, ``../README.md``) become downloadable copies of those files. Equations are typeset
 by MathJax 3 from the ``sphinx-mathjax-offline`` package, copied into the book, so that the book
 renders offline.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 project = "EncNet, step by step"
@@ -43,5 +44,15 @@ def _add_toctree(app, docname, source):
         source[0] += "\n```{toctree}\n:hidden:\n:maxdepth: 1\n\n" + "\n".join(pages) + "\n```\n"
 
 
+# A relative link to a Markdown file outside the book (the repository's READMEs): Markdown is a source
+# suffix, so MyST would look for a page; the ``path:`` scheme makes it a download of the file instead.
+OUTSIDE_MARKDOWN = re.compile(r"\]\((\.\./[^)\s]+\.md)(#[^)\s]*)?\)")
+
+
+def _outside_markdown_as_downloads(app, docname, source):
+    source[0] = OUTSIDE_MARKDOWN.sub(lambda m: f"](path:{m.group(1)})", source[0])
+
+
 def setup(app):
     app.connect("source-read", _add_toctree)
+    app.connect("source-read", _outside_markdown_as_downloads)
