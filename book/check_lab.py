@@ -48,8 +48,8 @@ const kernel = panel.sessionContext.session && panel.sessionContext.session.kern
 return {dirty: panel.context.model.dirty, kernel: kernel ? kernel.status : 'none', cells: cells.length,
         run: cells.filter(c => c.model.executionCount !== null).length,
         busy: cells.filter(c => c.promptNode && c.promptNode.textContent.includes('*')).length,
-        widgets: document.querySelectorAll('.jp-OutputArea-output .jupyter-widgets').length,
-        errors: (document.body.textContent.match(/Error displaying widget: [a-z ]*/g) || []).slice(0, 3)};
+        widgets: panel.node.querySelectorAll('.jp-OutputArea-output .jupyter-widgets').length,
+        errors: (panel.node.textContent.match(/Error displaying widget: [a-z ]*/g) || []).slice(0, 3)};
 """
 
 
@@ -81,7 +81,8 @@ def wait(condition, timeout: float, what: str, step: float = 0.5):
 
 
 def open_notebook(driver, base: str, token: str, name: str) -> dict:
-    driver.get(f"{base}lab/tree/{name}?token={token}")
+    """Open ``name`` alone (``reset``: no tab of an earlier notebook restored) and wait for its kernel."""
+    driver.get(f"{base}lab/tree/{name}?token={token}&reset")
     wait(lambda: (s := driver.execute_script(STATE)) and s["kernel"] == "idle", 180,
          f"{name} to open with an idle kernel")
     time.sleep(3)  # what JupyterLab rewrites, it rewrites once the kernel is connected
@@ -126,13 +127,14 @@ def move(driver, box) -> str | None:
 def move_every_widget(driver) -> list[str]:
     """Move each widget that has controls and wait for its own output to change; the problems found."""
     problems = []
-    for number, box in enumerate(driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output > .jupyter-widgets")):
+    panel = driver.execute_script(CURRENT + "return panel.node;")
+    for number, box in enumerate(panel.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output > .jupyter-widgets")):
         before = output_of(driver, box)
         moved = move(driver, box)
         if moved is None:
             continue  # no control (a progress bar)
         try:
-            wait(lambda: output_of(driver, box) != before, 180, "its output to change", step=1)  # noqa: B023
+            wait(lambda: output_of(driver, box) != before, 120, "its output to change", step=1)  # noqa: B023
             print(f"  widget {number}: {moved}: its output changed")
         except TimeoutError as error:
             problems.append(f"widget {number}: {moved}: {error}")
@@ -156,6 +158,8 @@ def check_notebook(driver, base: str, token: str, name: str) -> list[str]:
     if state["errors"]:
         problems.append(f"after running: {state['errors']}")
     problems += move_every_widget(driver)
+    wait(lambda: driver.execute_script(STATE)["kernel"] == "idle", 600, "what the controls started (a training)")
+    time.sleep(2)  # the last outputs of a run reach the page after the kernel went idle
     driver.execute_script(CURRENT + "jupyterapp.commands.execute('docmanager:save');")
     wait(lambda: not driver.execute_script(STATE)["dirty"], 60, "the save")
     driver.execute_script(CURRENT + "panel.sessionContext.shutdown();")

@@ -80,3 +80,21 @@ def test_training_panel_shows_the_plan_and_trains_on_click_reproducing_the_sweep
     stored = next(run for run in tiny_sweep["runs"] if run["model"] == "encnet" and run["se_weight"] == 0.2)
     assert f"mIoU {100 * stored['mIoU']:.2f}%" in panel.lines[0]  # the same run, trained again: the same numbers
     assert panel.lines[1].startswith("  sweep, seed 0:") and not panel.button.disabled
+
+
+def test_training_panel_redraws_its_output_with_the_printed_lines_once_trained(tiny_sweep, monkeypatch, capsys):
+    from encnet.teaching import sweep as module
+
+    panel = training_panel(tiny_sweep, TINY, images_per_s=4.0, basis="a test")
+
+    def train_with_bars(*args, **kwargs):  # in a kernel, tqdm's bars (widgets, closed when done) go here
+        print("epoch 1/1: a progress bar")
+        return {}, ["EncNet alpha=0.2 seed 0: done"]
+
+    monkeypatch.setattr(module, "train_and_compare", train_with_bars)
+    capsys.readouterr()
+    panel.button.click()
+    before, clear, after = capsys.readouterr().out.rpartition("\x1b[2K\r")  # what clear_output prints outside a kernel
+    assert clear and "a progress bar" in before and "a progress bar" not in after
+    assert after.splitlines() == [*plan(tiny_sweep, TINY, 0.2, 0, images_per_s=4.0, basis="a test"),
+                                  "EncNet alpha=0.2 seed 0: done"]

@@ -301,11 +301,16 @@ def training_panel(sweep: dict[str, Any], config: TrainConfig, *, images_per_s: 
     def run(_button=None) -> None:
         panel.button.disabled = True
         panel.output.outputs = ()
+        lines = plan(sweep, config, panel.alpha.value, panel.seed.value, images_per_s=images_per_s, basis=basis)
         try:
             with panel.output:
-                print("\n".join(plan(sweep, config, panel.alpha.value, panel.seed.value, images_per_s=images_per_s,
-                                     basis=basis)))
+                print("\n".join(lines))
                 _, panel.lines = train_and_compare(sweep, config, panel.alpha.value, panel.seed.value)
+                # tqdm closes its bars' widgets when done, and the views of closed widgets read "Error
+                # displaying widget: model not found" once the notebook is saved and reopened: the output
+                # is redrawn with the printed lines only.
+                panel.output.clear_output()
+                print("\n".join(lines + panel.lines))
         finally:
             panel.button.disabled = False
 
