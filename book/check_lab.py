@@ -8,7 +8,8 @@ starts this environment's JupyterLab on it (the settings ``make lab`` gives) and
 with widgets, in Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium):
 
 1. opens it and waits for the kernel: the notebook must not be modified by opening it (a
-   kernelspec or metadata JupyterLab rewrites would mark it so);
+   kernelspec or metadata JupyterLab rewrites would mark it so), nor show a widget as its text
+   repr (a committed widget state in an untrusted notebook does);
 2. runs all cells (under ``ENCNET_QUICK=1``, the size ``make test`` runs) and counts the widgets
    drawn and any "Error displaying widget";
 3. moves the first control of each widget (a dropdown to its next option, a slider one step, then
@@ -49,6 +50,7 @@ return {dirty: panel.context.model.dirty, kernel: kernel ? kernel.status : 'none
         run: cells.filter(c => c.model.executionCount !== null).length,
         busy: cells.filter(c => c.promptNode && c.promptNode.textContent.includes('*')).length,
         widgets: panel.node.querySelectorAll('.jp-OutputArea-output .jupyter-widgets').length,
+        raw: (panel.node.textContent.match(/\\w+\\(children=\\(/g) || []).length,  // a widget shown as its repr
         errors: (panel.node.textContent.match(/Error displaying widget: [a-z ]*/g) || []).slice(0, 3)};
 """
 
@@ -145,9 +147,12 @@ def check_notebook(driver, base: str, token: str, name: str) -> list[str]:
     problems = []
     start = time.perf_counter()
     opened = open_notebook(driver, base, token, name)
-    print(f"  opened: modified by opening {opened['dirty']}, kernel {opened['kernel']}")
+    print(f"  opened: modified by opening {opened['dirty']}, kernel {opened['kernel']}, "
+          f"widgets shown as text {opened['raw']}")
     if opened["dirty"]:
         problems.append("opening the notebook modified it")
+    if opened["raw"]:
+        problems.append(f"{opened['raw']} widgets shown as text ('...(children=(...') before running")
     state = run_all(driver, name)
     time.sleep(2)
     state = driver.execute_script(STATE)
