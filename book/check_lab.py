@@ -61,14 +61,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_lab(folder: Path, port: int, token: str) -> subprocess.Popen:
+def start_lab(folder: Path, port: int, token: str, log) -> subprocess.Popen:
     command = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--port={port}",
                "--ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
                "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None", "--LabApp.extension_manager=readonly",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")  # a container's root user
-    log = open(folder / "lab.log", "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "ENCNET_QUICK": "1"})
 
 
@@ -191,7 +190,8 @@ def main(argv: list[str]) -> int:
         folder = Path(tmp) / "notebooks"
         shutil.copytree(ROOT / "notebooks", folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         port, token = free_port(), secrets.token_hex(16)
-        lab = start_lab(folder, port, token)
+        log = open(folder / "lab.log", "w")  # JupyterLab's output, shown if it fails to start
+        lab = start_lab(folder, port, token, log)
         base = f"http://127.0.0.1:{port}/"
         driver = browser()
         try:
@@ -199,8 +199,8 @@ def main(argv: list[str]) -> int:
                 wait(lambda: lab.poll() is None and socket.socket().connect_ex(("127.0.0.1", port)) == 0, 60,
                      "JupyterLab to start")
             except TimeoutError:
-                log = (folder / "lab.log").read_text()[-2000:]
-                sys.exit(f"check_lab: JupyterLab did not start; its log ends:\n{log}")
+                tail = (folder / "lab.log").read_text()[-2000:]
+                sys.exit(f"check_lab: JupyterLab did not start; its log ends:\n{tail}")
             for path in notebooks:
                 print(f"{path.name}:", flush=True)
                 try:
@@ -213,6 +213,7 @@ def main(argv: list[str]) -> int:
             driver.quit()
             lab.terminate()
             lab.wait(30)
+            log.close()
     print(f"{len(notebooks)} notebooks checked in JupyterLab, {failures} with problems")
     return 1 if failures else 0
 

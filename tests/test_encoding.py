@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from encnet.nn import ContextEncoding, Encoding, EncodingDrop
-from encnet.nn.functional import encoding, encoding_direct
+from encnet.nn.functional import encoding, encoding_autograd, encoding_direct
 
 
 def _params(K, C, dtype=torch.float64, smoothing_range=(0.0, 1.0), seed=0):
@@ -61,6 +61,17 @@ def test_gradients_equal_direct_formula():
     )
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e)
+
+
+def test_hand_derived_backward_equals_autograd_through_the_same_operations():
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    codewords, smoothing = (p.requires_grad_(True) for p in _params(3, 4))
+    weights = torch.randn(2, 3, 4, dtype=torch.float64)
+    by_hand, by_autograd = ((form(x, codewords, smoothing) * weights).sum() for form in (encoding, encoding_autograd))
+    torch.testing.assert_close(by_hand, by_autograd)
+    for hand, auto in zip(torch.autograd.grad(by_hand, (x, codewords, smoothing)),
+                          torch.autograd.grad(by_autograd, (x, codewords, smoothing))):
+        torch.testing.assert_close(hand, auto, rtol=1e-12, atol=1e-12)
 
 
 def test_layer_shapes_init_and_dtypes():

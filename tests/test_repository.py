@@ -44,7 +44,7 @@ def test_no_tracked_file_names_a_path_outside_the_repository():
 
 
 # Each sample path is joined from its parts here, so that this file holds none of them.
-@pytest.mark.parametrize("parts", [("see ..", "shared", "REFERENCE.md"), ("at ", "work", "main", "data"),
+@pytest.mark.parametrize("parts", [("see ..", "shared", "notes.md"), ("at ", "work", "main", "data"),
                                    ("", "home", "me", "x"), ("", "tmp", "run"), ("", "root", ".cache"),
                                    ("", "Users", "me", "data")])
 def test_the_pattern_catches_each_kind_of_path(parts):

@@ -1,7 +1,7 @@
 """Layers of EncNet: the Encoding Layer, the Context Encoding Module, sync BN.
 
-The Encoding Layer's functional forms (``encoding``, ``encoding_direct``,
-``soft_assignment``, ``squared_distances``) are in :mod:`encnet.nn.functional`,
+The Encoding Layer's functional forms (``encoding``, ``encoding_autograd``,
+``encoding_direct``, ``soft_assignment``, ``squared_distances``) are in :mod:`encnet.nn.functional`,
 as torch's are in ``torch.nn.functional``.
 """
 

@@ -22,6 +22,8 @@ static default view drawn beside it instead.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import sys
 
@@ -71,9 +73,6 @@ def show(output, fig, text: str | None = None, *, label: str = "figure") -> None
     PNG at the figure's dpi (100 after :func:`setup`), so an update works, and can be
     tested, without a front end or an inline backend; ``label`` is its text fallback.
     """
-    import base64
-    import io
-
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
