@@ -3,7 +3,7 @@
     python benchmarks/train.py                # 3 rounds of 8 training iterations per model and setting
     python benchmarks/train.py --rounds 5 --iterations 16
 
-Everything goes through the engine (``encnet.engine.train`` / ``evaluate``),
+Everything goes through the package (``encnet.engine.train``, ``encnet.evaluation.evaluate``),
 data loading included, with the ``synthetic`` preset's images, batch and
 backbone, for each of the three models of the ablation (FCN, EncNet, EncNet +
 SE-loss). Two settings are measured in interleaved rounds of the same run (the
@@ -43,6 +43,9 @@ import torch
 
 from encnet import engine
 from encnet.config import preset
+from encnet.data.wrappers import whole_images
+from encnet.evaluation import evaluate
+from encnet.inference import Protocol
 
 PHASES = Path(__file__).resolve().parents[1] / "build" / "reproduce_phases.json"
 
@@ -53,10 +56,10 @@ def measure(config, iterations: int) -> tuple[float, float]:
     options = {**config.dataset_options, "train_samples": samples, "val_samples": samples}
     short = dataclasses.replace(config, epochs=1, dataset_options=options, out=None)
     result = engine.train(short, progress=False)  # includes one evaluation, which warms the eval path up
-    val_set = engine.whole_images(config.dataset, "val", root=None, options=options)
+    val_set = whole_images(config.dataset, "val", root=None, options=options)
     start = time.perf_counter()
-    engine.evaluate(result["model"], val_set, crop_size=config.crop_size, batch_size=config.batch_size,
-                    workers=config.workers)
+    evaluate(result["model"], val_set, Protocol(crop_size=config.crop_size), batch_size=config.batch_size,
+             workers=config.workers)
     return result["history"][0]["images_per_s"], samples / (time.perf_counter() - start)
 
 

@@ -12,7 +12,9 @@
     encnet check-data --dataset ade20k --data-root /data
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
-every command is a thin layer over :mod:`encnet.engine`.
+every command is a thin layer over the package: :mod:`encnet.engine` (train),
+:mod:`encnet.evaluation` and :mod:`encnet.inference` (evaluate, predict),
+:mod:`encnet.sweep`.
 
 A user error (:class:`encnet.errors.UserError`: a bad setting, file or folder)
 prints one line, ``encnet: error: <what was wrong, what was expected, what to
@@ -26,46 +28,68 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
 from . import data, engine, inference
 from .checkpoint import check_compatible, load_checkpoint
-from .config import BACKBONES, DATASETS, MODELS, PRESETS, TrainConfig, preset
+from .config import BACKBONES, DATASETS, PRESETS, TrainConfig, preset
 from .data import voc_colormap
 from .data.check import check_dataset, check_files
+from .data.wrappers import whole_images
+from .distributed import setup_process
 from .errors import UserError, one_line
-from .inference import MULTI_SCALES
-from .models import MODEL_OPTIONS, load_weights, zoo
+from .evaluation import evaluate
+from .inference import MULTI_SCALES, Protocol
+from .losses import LOSSES
+from .models import get_model, list_models, load_trained, load_weights, zoo
+from .runs import write_json
+from .sweep import sweep as sweep_runs
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, *, se_weight: bool = True) -> None:
-    """Flags that override a config field; absent flags leave the preset's value."""
-    flag = parser.add_argument
-    flag("--preset", choices=list(PRESETS), help="starting config (flags below override its fields)")
-    flag("--dataset", choices=DATASETS)
-    flag("--data-root", help="the dataset's folder (not needed for synthetic)")
-    flag("--model", choices=MODELS, help="the head options of the preset that this model does not take are dropped")
-    flag("--backbone", choices=BACKBONES)
-    flag("--weights-backbone", type=lambda value: None if value.lower() == "none" else value,
-         help='ImageNet weights name (e.g. "IMAGENET1K_V1"), a local .pth file, or "none" (from scratch)')
-    if se_weight:
-        flag("--se-weight", type=float, help="alpha of the SE-loss (0: EncNet without the SE branch)")
-    flag("--aux-weight", type=float, help="weight of the auxiliary FCN loss (0: no auxiliary head)")
-    flag("--dropout", type=float, help="probability of the heads' Dropout layers (default: the model's 0.1)")
-    flag("--epochs", type=int)
-    flag("--batch-size", type=int, help="global batch, split over the torchrun processes")
-    flag("--lr", type=float, help="learning rate for a batch of 16 (scaled by batch-size / 16)")
-    flag("--crop-size", type=int)
-    flag("--base-size", type=int)
-    flag("--workers", type=int, help="DataLoader workers per process")
-    flag("--seed", type=int)
-    flag("--device", help='"auto" (default), "cpu", "cuda" or "cuda:N"')
-    flag("--eval-every", type=int, help="evaluate every this many epochs")
-    flag("--max-loss", type=float, help="stop (diverged) when a batch's loss exceeds this (default 100)")
-    flag("--progress", action=argparse.BooleanOptionalAction, default=None,
-         help="tqdm progress bars (default: when standard error is a terminal)")
+def _none_or(kind: type) -> Callable[[str], Any]:
+    """A flag's type for a field that may be None: "none" gives None, anything else ``kind(value)``."""
+    return lambda value: None if value.lower() == "none" else kind(value)
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error}): pass an object, e.g. '{{\"num_codes\": 16}}'") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"num_codes\": 16}}', got {value!r}")
+    return parsed
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of :class:`TrainConfig` (``--batch-size`` for ``batch_size``), its help from the field.
+
+    Absent flags leave the preset's value (``argument_default=SUPPRESS``);
+    ``out``, ``resume`` and ``skip`` are the command's own.
+    """
+    parser.add_argument("--preset", choices=list(PRESETS), help="starting config (flags below override its fields)")
+    choices = {"dataset": DATASETS, "model": list_models(), "backbone": BACKBONES, "loss": tuple(LOSSES)}
+    types = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("out", "resume", *skip):
+            continue
+        kind, flag = types[field.name], "--" + field.name.replace("_", "-")
+        options: dict[str, Any] = {"help": field.metadata.get("help"), "choices": choices.get(field.name)}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is dict:
+            options["type"], options["metavar"] = _json_object, "JSON"
+        else:
+            plain = [arg for arg in typing.get_args(kind) if arg is not type(None)] or [kind]
+            options["type"] = plain[0] if len(plain) == len(typing.get_args(kind) or [kind]) else _none_or(plain[0])
+        parser.add_argument(flag, **{key: value for key, value in options.items() if value is not None})
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="tqdm progress bars (default: when standard error is a terminal)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"published weights: {', '.join(zoo.PUBLISHED)}")
 
     sweep = commands.add_parser("sweep", help="SE-loss weight sweep, one JSON file", argument_default=argparse.SUPPRESS)
-    _add_run_flags(sweep, se_weight=False)
+    _add_run_flags(sweep, skip=("se_weight",))
     sweep.add_argument("--se-weights", type=float, nargs="+", required=True,
                        help="SE-loss weights (alpha) to train with, one run each per seed")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
@@ -139,7 +163,7 @@ def _overridden(start: TrainConfig, args: argparse.Namespace, **fields) -> Train
     names = {field.name for field in dataclasses.fields(TrainConfig)} - {"out", "resume"}
     overrides = {name: value for name, value in vars(args).items() if name in names}
     if "model" in overrides:
-        takes = MODEL_OPTIONS[overrides["model"]]
+        takes = get_model(overrides["model"]).options if overrides["model"] in list_models() else {}
         overrides["model_options"] = {name: value for name, value in start.model_options.items() if name in takes}
     return dataclasses.replace(start, **overrides, **fields)
 
@@ -183,34 +207,32 @@ def _run_train(args: argparse.Namespace) -> None:
               f"  -> {result['config']['out']}")
 
 
-def _protocol(model, entry, args: argparse.Namespace) -> zoo.Protocol:
-    """The publisher's test protocol, with --crop-size / --base-size overriding it."""
-    protocol = entry.protocol if entry is not None else _PROTOCOLS.get(model.publisher, zoo.Protocol())
+def _protocol(model, entry, args: argparse.Namespace) -> Protocol:
+    """The test protocol of the weights (the publisher's, or the training crop's), with the command's flags."""
+    protocol = entry.protocol if entry is not None else model.protocol
     overrides = {name: getattr(args, name) for name in ("crop_size", "base_size") if getattr(args, name, None)}
-    return dataclasses.replace(protocol, **overrides)
-
-
-_PROTOCOLS = {"PyTorch-Encoding": zoo.REFERENCE, "mmsegmentation": zoo.MMSEG_ADE20K}
+    protocol = dataclasses.replace(protocol, **overrides)
+    return protocol.multi_scale() if args.ms else protocol
 
 
 def _evaluate_weights(args: argparse.Namespace) -> None:
-    rank, _, device = engine.setup_process(args.device)
+    rank, _, device = setup_process(args.device)
     model, entry = load_weights(args.weights)
     name = args.dataset or (entry.dataset if entry is not None else None)
     if name is None:
         raise UserError(f"pass --dataset: {args.weights!r} is not a published name that says its dataset")
-    dataset = engine.whole_images(name, args.split, root=args.data_root, options={})
+    dataset = whole_images(name, args.split, root=args.data_root, options={})
     if model.num_classes != dataset.num_classes:
         raise UserError(f"the weights predict {model.num_classes} classes but {name} has {dataset.num_classes}; "
                          "pass the dataset the weights were trained on")
     check_files(dataset)
     protocol = _protocol(model, entry, args)
-    metrics = engine.evaluate(model.to(device), dataset, protocol=protocol, ms=args.ms, batch_size=1,
-                              workers=args.workers, predictions=args.predictions, progress=args.progress)
+    metrics = evaluate(model.to(device), dataset, protocol, batch_size=1, workers=args.workers,
+                       predictions=args.predictions, progress=args.progress)
     if rank == 0:
         if args.out:
-            engine.write_json(args.out, {**metrics, "classes": list(dataset.classes), "weights": args.weights,
-                                         "split": args.split, "ms": args.ms, "protocol": dataclasses.asdict(protocol)})
+            write_json(args.out, {**metrics, "classes": list(dataset.classes), "weights": args.weights,
+                                  "split": args.split, "ms": args.ms, "protocol": dataclasses.asdict(protocol)})
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
         if entry is not None:
             suffix = "_ms" if args.ms else ""
@@ -221,7 +243,7 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    _, _, device = engine.setup_process(args.device)
+    _, _, device = setup_process(args.device)
     model, entry = load_weights(args.weights)
     model.to(device)
     classes = entry.classes if entry is not None else model.classes
@@ -232,7 +254,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     for image in args.images:
         if not Path(image).is_file():
             raise UserError(f"no image at {image!r}; pass image files (JPEG, PNG, ...)")
-        result = inference.segment(model, image, protocol=protocol, ms=args.ms)
+        result = inference.segment(model, image, protocol)
         record = inference.save_segmentation(result, image, args.out, Path(image).stem, classes=classes,
                                              palette=palette, extra={"image": image, "weights": args.weights})
         top = ", ".join(f"{row['class']} {row['probability']:.2f}" for row in record["se_top10"][:5])
@@ -264,43 +286,21 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         return
     if args.checkpoint is None:
         raise UserError("pass a checkpoint.pt written by `encnet train`, or --weights NAME|PATH")
-    rank, _, device = engine.setup_process(args.device)
-    model, config, checkpoint = engine.load_trained(args.checkpoint, device=device)
+    rank, _, device = setup_process(args.device)
+    model, config, checkpoint = load_trained(args.checkpoint, device=device)
     name = args.dataset or config.dataset
-    dataset = engine.whole_images(name, args.split, root=args.data_root or config.data_root,
-                                  options=config.dataset_options if name == config.dataset else {})
+    dataset = whole_images(name, args.split, root=args.data_root or config.data_root,
+                           options=config.dataset_options if name == config.dataset else {})
     check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=dataset.num_classes)
     check_files(dataset, same_size=args.batch_size > 1)
-    metrics = engine.evaluate(
-        model, dataset, crop_size=args.crop_size or config.crop_size,
-        scales=MULTI_SCALES if args.ms else (1.0,), flip=args.ms, batch_size=args.batch_size,
-        workers=args.workers, predictions=args.predictions, progress=args.progress,
-    )
+    protocol = Protocol(crop_size=args.crop_size or config.crop_size)
+    metrics = evaluate(model, dataset, protocol.multi_scale() if args.ms else protocol, batch_size=args.batch_size,
+                       workers=args.workers, predictions=args.predictions, progress=args.progress)
     if rank == 0:
         if args.out:
-            engine.write_json(args.out, {**metrics, "classes": checkpoint["classes"], "checkpoint": args.checkpoint,
-                                         "split": args.split, "ms": args.ms})
+            write_json(args.out, {**metrics, "classes": checkpoint["classes"], "checkpoint": args.checkpoint,
+                                  "split": args.split, "ms": args.ms})
         print(f"pixAcc {metrics['pixAcc']:.4f}  mIoU {metrics['mIoU']:.4f}  mIoU_all {metrics['mIoU_all']:.4f}")
-
-
-def _check_sweep_file(path: str) -> None:
-    """A sweep's --out: a new file, or one that an earlier `encnet sweep` wrote (its shape is checked)."""
-    _check_output_file("--out", path)
-    if not Path(path).is_file():
-        return
-    expected = ('a JSON object {"config": {...}, "alphas": [...], "seeds": [...], "runs": [{"model", '
-                '"se_weight", "seed", ...}, ...]}')
-    try:
-        sweep = json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"--out {path!r} is not JSON ({error}); expected {expected} written by `encnet sweep`, "
-                        "or a new file: pass another --out") from None
-    runs = sweep.get("runs") if isinstance(sweep, dict) else None
-    keys = ("model", "se_weight", "seed")
-    if (not isinstance(sweep, dict) or not isinstance(sweep.get("config"), dict) or not isinstance(runs, list)
-            or not all(isinstance(run, dict) and all(key in run for key in keys) for run in runs)):
-        raise UserError(f"--out {path!r} is not a sweep file: expected {expected} written by `encnet sweep`; "
-                        "pass another --out, or delete the file to start over")
 
 
 def _run_sweep(args: argparse.Namespace) -> None:
@@ -308,11 +308,11 @@ def _run_sweep(args: argparse.Namespace) -> None:
         raise UserError(f"give --preset (one of: {', '.join(PRESETS)})")
     config = _overridden(preset(args.preset), args)
     _check_data_root(config)
-    _check_sweep_file(args.out)
+    _check_output_file("--out", args.out)
     if args.jobs < 1:
         raise UserError(f"--jobs must be an integer >= 1, got {args.jobs}")
-    result = engine.sweep(config, alphas=args.se_weights, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
-                          jobs=args.jobs, progress=args.progress if "progress" in args else None)
+    result = sweep_runs(config, alphas=args.se_weights, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
+                        jobs=args.jobs, progress=args.progress if "progress" in args else None)
     if _is_rank_zero():
         for run in result["runs"]:
             print(f"{run['model']:>6}  alpha {run['se_weight']:<5g} seed {run['seed']}:  "

@@ -15,7 +15,8 @@ containers::
 - **Atomic.** :func:`save_checkpoint` writes a temporary file in the same folder,
   flushes it to disk and renames it over the old one: a crash mid-write leaves
   the previous checkpoint intact, never a truncated file.
-- **Safe.** :func:`load_checkpoint` uses ``torch.load(weights_only=True)``,
+- **Safe.** :func:`load_checkpoint` reads with :func:`read_torch_file`, the
+  package's one reader of weight files: ``torch.load(weights_only=True)``,
   which rebuilds tensors and plain containers only. A file that carries any
   other pickled object (the way arbitrary code hides in a pickle) is refused
   with :class:`CheckpointError` before any of it runs.
@@ -34,12 +35,14 @@ containers::
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -161,48 +164,72 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) 
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything but plain data.
+def read_torch_file(path: str | os.PathLike, *, map_location: Any = "cpu", allow: Iterable[Any] = ()) -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file.
+
+    The one reader of weight files: this package's checkpoints, the publishers'
+    files, ImageNet backbones. A zip archive holding a single ``.pth`` (how
+    PyTorch-Encoding publishes its files) is read through. ``allow``: objects to
+    let the unpickler rebuild besides tensors and plain containers (see
+    :func:`torch.serialization.safe_globals`).
 
     Raises:
-        CheckpointError: there is no file at ``path``, or it holds pickled objects other than tensors and
-            plain containers (nothing of it is run), is not a readable torch file,
-            is not an encnet checkpoint, or its contents differ from the checksum
-            stored when it was written.
+        CheckpointError: there is no file at ``path``; it pickles an object other than tensors and plain
+            containers (nothing of it is run); or it is not a readable torch file (empty, truncated, other bytes).
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt a training run wrote")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable torch checkpoint (torch.save writes a zip archive; "
-            "this file is not one, or it is truncated); pass the checkpoint.pt written by `encnet train`"
-        )
+        raise CheckpointError(f"no checkpoint at {str(path)!r}; pass the path of a .pth/.pt file or a published name")
+    source: Any = path
+    unreadable = ("not a readable torch file (empty, truncated, or not written by torch.save{}); download or copy it "
+                  "again, or pass another file")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if len(names) == 1 and names[0].endswith((".pth", ".pt")):  # a .zip holding the .pth
+                    source = io.BytesIO(archive.read(names[0]))
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        reason = " ".join(line.strip() for line in str(error).splitlines()
-                          if line.strip() and not line.startswith(boilerplate))
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if blocked is None:  # bytes that are no pickle at all
+            raise CheckpointError(f"{str(path)!r} is {unreadable.format('')}") from None
         raise CheckpointError(
-            f"refused to load {str(path)!r}: it holds pickled objects other than tensors and plain "
-            f"containers, and unpickling them could run arbitrary code (torch.load with weights_only=True: "
-            f"{reason}). Nothing of the file was run. Load only checkpoints written by encnet, "
-            "from a source you trust."
+            f"refused to load {str(path)!r}: it pickles the object {blocked.group(1)}, which "
+            "torch.load(weights_only=True) does not rebuild because unpickling arbitrary objects can run code. "
+            "Nothing of the file was run. Load only files from a source you trust; if you trust this one and that "
+            "object is a plain type, allow it: from_checkpoint(path, allow=[<object>])"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{str(path)!r} is not a readable torch checkpoint ({error})") from None
+    except (RuntimeError, EOFError, OSError, IndexError, zipfile.BadZipFile) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{str(path)!r} is {unreadable.format(': ' + detail)}") from None
+
+
+def verify_checksum(checkpoint: dict[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` if a checkpoint of :data:`FORMAT` differs from its stored :func:`checksum`."""
+    if checkpoint.get("format") == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
+        raise CheckpointError(
+            f"{source} is corrupted: its contents differ from the checksum stored when it was written "
+            "(the file changed on disk or in a copy); use another copy of it, or an earlier checkpoint"
+        )
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (with :func:`read_torch_file`), and check it.
+
+    Raises:
+        CheckpointError: :func:`read_torch_file` refuses the file, or it is not an
+            encnet checkpoint, or its contents differ from the checksum stored when it was written.
+    """
+    checkpoint = read_torch_file(path, map_location=map_location)
     missing = [key for key in _REQUIRED if key not in checkpoint] if isinstance(checkpoint, dict) else list(_REQUIRED)
     if missing or checkpoint["format"] not in (FORMAT, UNCHECKED_FORMAT):
         raise CheckpointError(
             f"{str(path)!r} is not an encnet checkpoint (format {FORMAT!r}): missing {missing or ['format']}; "
             "pass the checkpoint.pt written by `encnet train`"
         )
-    if checkpoint["format"] == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
-        raise CheckpointError(
-            f"{str(path)!r} is corrupted: its contents differ from the checksum stored when it was written "
-            "(the file changed on disk or in a copy); use another copy of it, or an earlier checkpoint"
-        )
+    verify_checksum(checkpoint, repr(str(path)))
     return checkpoint
 
 

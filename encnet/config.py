@@ -26,10 +26,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import data, models
+from torch import nn
+
+from . import data, losses, models
 from .errors import UserError
 
-MODELS = models.MODELS
 BACKBONES = tuple(models.STAGE_CHANNELS)
 DATASETS = tuple(data.DATASETS)
 
@@ -42,14 +43,18 @@ class TrainConfig:
         dataset: one of :data:`DATASETS`; ``data_root`` is its folder (None for "synthetic").
         dataset_options: extra keyword arguments of ``encnet.data.build_dataset``
             (the synthetic scenes' sizes, VOC's ``aug``).
-        model, backbone: ``encnet.models.build_model(model, backbone)``.
+        model, backbone: ``encnet.models.build_model(model, backbone)``; ``model`` is
+            a name of ``encnet.models.list_models()`` (registered heads).
         weights_backbone: ImageNet weights of the backbone: a torchvision name for
             resnet50/101 (e.g. "IMAGENET1K_V1"), the publisher's name for the deep-stem
             backbones ("resnet50s", "resnet50_v1c", ...: ``encnet.models.zoo``), or a
             local file; None trains it from scratch.
-        model_options: the head's own options, ``encnet.models.MODEL_OPTIONS[model]``
+        model_options: the head's own options, ``encnet.models.get_model(model).options``
             (EncNet's ``lateral`` path and its codewords ``num_codes``); those equal to
             the model's defaults are left out, so that equal models compare equal.
+        loss: the training loss, by its name in :data:`encnet.losses.LOSSES`; its
+            constructor's arguments are read from the fields of the same names
+            ("encnet": CE + ``aux_weight`` CE(aux) + ``se_weight`` BCE(se)).
         se_weight: alpha of the SE-loss; 0 builds EncNet without the SE branch.
             A model without an SE branch (FCN) always has se_weight 0.
         aux_weight: weight of the auxiliary head's CE; 0 builds no auxiliary head.
@@ -75,41 +80,50 @@ class TrainConfig:
         resume: a checkpoint.pt to continue from.
     """
 
-    dataset: str
-    epochs: int
-    lr: float
-    crop_size: int
-    base_size: int
-    data_root: str | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    model: str = "encnet"
-    backbone: str = "resnet50"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    weights_backbone: str | None = None
-    se_weight: float = 0.2
-    aux_weight: float = 0.2
-    dropout: float | None = None
-    batch_size: int = 16
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    head_lr_mult: float = 10.0
-    poly_power: float = 0.9
-    workers: int = 4
-    channels_last: bool = False
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 1
-    max_loss: float = 100.0
-    out: str | None = None
-    resume: str | None = None
+    dataset: str = field(metadata={"help": "the dataset (its options: dataset_options)"})
+    epochs: int = field(metadata={"help": "passes over the training split"})
+    lr: float = field(metadata={"help": "learning rate for a batch of 16 (scaled by batch-size / 16)"})
+    crop_size: int = field(metadata={"help": "training crop (and evaluation window)"})
+    base_size: int = field(metadata={"help": "the size the random scaling of training images is relative to"})
+    data_root: str | None = field(default=None, metadata={"help": "the dataset's folder (not needed for synthetic)"})
+    dataset_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": 'the dataset\'s own options, a JSON object, e.g. \'{"aug": true}\' for voc'})
+    model: str = field(default="encnet", metadata={
+        "help": "the registered model (the head options of the preset that it does not take are dropped)"})
+    backbone: str = field(default="resnet50", metadata={"help": "the dilated ResNet"})
+    model_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": 'the head\'s own options, a JSON object, e.g. \'{"num_codes": 16}\' for encnet'})
+    weights_backbone: str | None = field(default=None, metadata={
+        "help": 'ImageNet weights name (e.g. "IMAGENET1K_V1"), a local .pth file, or "none" (from scratch)'})
+    loss: str = field(default="encnet", metadata={"help": "the loss, by its name in encnet.losses.LOSSES"})
+    se_weight: float = field(default=0.2, metadata={"help": "alpha of the SE-loss (0: EncNet without the SE branch)"})
+    aux_weight: float = field(default=0.2, metadata={
+        "help": "weight of the auxiliary FCN loss (0: no auxiliary head)"})
+    dropout: float | None = field(default=None, metadata={
+        "help": "probability of the heads' Dropout layers (default: the model's 0.1)"})
+    batch_size: int = field(default=16, metadata={"help": "global batch, split over the torchrun processes"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "SGD weight decay"})
+    head_lr_mult: float = field(default=10.0, metadata={"help": "the head's learning rate over the backbone's"})
+    poly_power: float = field(default=0.9, metadata={"help": "power of the poly learning-rate schedule"})
+    workers: int = field(default=4, metadata={"help": "DataLoader workers per process"})
+    channels_last: bool = field(default=False, metadata={"help": "NHWC memory format (faster convolutions on CPU)"})
+    seed: int = field(default=0, metadata={"help": "seeds the initialisation, the data order and the augmentation"})
+    device: str = field(default="auto", metadata={"help": '"auto" (default), "cpu", "cuda" or "cuda:N"'})
+    eval_every: int = field(default=1, metadata={"help": "evaluate every this many epochs"})
+    max_loss: float = field(default=100.0, metadata={
+        "help": "stop (diverged) when a batch's loss exceeds this (default 100)"})
+    out: str | None = field(default=None, metadata={"help": "folder for checkpoint.pt, log.jsonl, metrics.json"})
+    resume: str | None = field(default=None, metadata={"help": "checkpoint.pt to continue from"})
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
-        _check_choice("model", self.model, MODELS)
+        _check_choice("model", self.model, models.list_models())
         _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("loss", self.loss, tuple(losses.LOSSES))
         _check_dataset_options(self.dataset, self.dataset_options)
         models.check_model_options(self.model, self.model_options)
-        defaults = models.MODEL_OPTIONS[self.model]
+        defaults = models.get_model(self.model).options
         object.__setattr__(self, "model_options",
                            {name: value for name, value in self.model_options.items() if value != defaults[name]})
         for name in ("epochs", "batch_size", "crop_size", "base_size", "eval_every"):
@@ -126,8 +140,27 @@ class TrainConfig:
             raise UserError(f"dropout must lie in [0, 1) or be None, got {self.dropout!r}")
         if self.workers < 0:
             raise UserError(f"workers must be >= 0, got {self.workers!r}")
-        if self.model not in models.SE_BRANCH:
+        if not models.get_model(self.model).se_branch:
             object.__setattr__(self, "se_weight", 0.0)
+
+    def build_model(self, num_classes: int, *, pretrained: bool = True) -> nn.Module:
+        """The model this config trains; ``pretrained=False`` skips ``weights_backbone`` (a checkpoint follows).
+
+        ``encnet.models.build_model(model, backbone)`` with the head's
+        ``model_options``, an auxiliary head if ``aux_weight`` > 0, the SE branch
+        (for a model that has one) if ``se_weight`` > 0, and ``dropout`` if set.
+        """
+        options: dict[str, Any] = {"aux": self.aux_weight > 0, **self.model_options}
+        if models.get_model(self.model).se_branch:
+            options["se_loss"] = self.se_weight > 0
+        weights = self.weights_backbone if pretrained else None
+        model = models.build_model(self.model, self.backbone, num_classes=num_classes, weights_backbone=weights,
+                                   **options)
+        if self.dropout is not None:
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = self.dropout
+        return model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for JSON and for checkpoints loaded with ``weights_only=True``)."""
@@ -157,7 +190,8 @@ def _moved_model_options(values: dict[str, Any]) -> dict[str, Any]:
     moved = {name: values[name] for name in _MOVED_TO_MODEL_OPTIONS if name in values}
     if not moved:
         return values
-    takes = models.MODEL_OPTIONS.get(values.get("model", "encnet"), {})
+    model = values.get("model", "encnet")
+    takes = models.get_model(model).options if model in models.list_models() else {}
     options = {**{name: value for name, value in moved.items() if name in takes}, **values.get("model_options", {})}
     rest = {name: value for name, value in values.items() if name not in moved}
     return {**rest, "model_options": options}
@@ -168,19 +202,12 @@ def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise UserError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
 
 
-# The dataset_options each dataset takes: what encnet.data.build_dataset passes on to it.
-_DATASET_OPTIONS = {
-    "synthetic": ("train_samples", "val_samples", "image_size", "seed"),
-    "ade20k": (),
-    "pcontext": (),
-    "voc": ("aug",),
-}
-
-
 def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(_DATASET_OPTIONS[dataset]))
+    # The options a dataset takes are read from its signature (encnet.data.dataset_options), not kept here.
+    takes = data.dataset_options(dataset)
+    unknown = sorted(set(options) - set(takes))
     if unknown:
-        valid = ", ".join(_DATASET_OPTIONS[dataset]) or "none"
+        valid = ", ".join(takes) or "none"
         raise UserError(
             f"dataset_options {unknown} are not options of the {dataset} dataset (its options: {valid}); they may "
             f"come with a preset of another dataset: start from a preset of {dataset} rather than changing "

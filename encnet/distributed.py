@@ -9,6 +9,7 @@ group, so the engine reads the same on 1 process or on N:
   group ``torchrun`` describes in ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``.
 - :func:`all_reduce_sum`: :math:`\sum_r x_r` over the ranks.
 - :func:`gather_objects`: ``[value of rank 0, value of rank 1, ...]``.
+- :func:`show_progress`: whether this rank shows progress bars (rank 0 only).
 - :func:`on_rank_zero`: run a function on rank 0 only (the one that owns the
   files), and give its value, or raise its error, on every rank, so that no
   rank is left waiting in a collective.
@@ -20,6 +21,7 @@ see :func:`encnet.teaching.processes.spawn`.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +31,12 @@ from torch import Tensor
 
 from .errors import UserError
 
-__all__ = ["all_reduce_sum", "gather_objects", "on_rank_zero", "setup_process"]
+__all__ = ["all_reduce_sum", "gather_objects", "on_rank_zero", "setup_process", "show_progress"]
+
+
+def show_progress(progress: bool | None, rank: int) -> bool:
+    """Whether rank ``rank`` shows progress bars: only rank 0, when asked, or (None) when stderr is a terminal."""
+    return rank == 0 and (sys.stderr.isatty() if progress is None else progress)
 
 
 def setup_process(device: str) -> tuple[int, int, torch.device]:

@@ -1,4 +1,4 @@
-"""Training and evaluation: one loop for a CPU, one GPU and many (torchrun).
+"""Training: one loop for a CPU, one GPU and many (torchrun).
 
     from encnet.config import preset
     from encnet.engine import train
@@ -37,10 +37,13 @@ iteration and the last good checkpoint) when the loss is not finite or exceeds
 parameter or buffer (batch norm running statistics included) is not finite
 after an update. No checkpoint with a non-finite tensor is ever written.
 
-Evaluation. During training the validation split is scored as the data loader
-gives it (``build_dataset``'s central crop, the reference's quick check);
-:func:`evaluate` on :func:`whole_images` scores every pixel of the full images,
-single- or multi-scale (``encnet evaluate``).
+The model is the one ``config`` describes (:meth:`encnet.config.TrainConfig.build_model`,
+any registered head), the loss the one ``config.loss`` names
+(:data:`encnet.losses.LOSSES`). Every ``eval_every`` epochs the validation
+split is scored as the data loader gives it (``build_dataset``'s central crop,
+the reference's quick check) by :func:`encnet.evaluation.evaluate`, which also
+scores whole images for ``encnet evaluate``; many runs at once are
+:mod:`encnet.sweep`'s.
 
 Progress: ``progress=None`` shows tqdm bars when standard error is a terminal
 (so notebooks and log files stay clean); True or False forces it.
@@ -48,15 +51,10 @@ Progress: ``progress=None`` shows tqdm bars when standard error is a terminal
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
-import json
 import math
-import multiprocessing
-import os
 import random
-import sys
 import time
 from itertools import chain
 from pathlib import Path
@@ -64,7 +62,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -74,21 +71,17 @@ from .checkpoint import CheckpointError, check_compatible, load_checkpoint, load
 from .config import TrainConfig
 from .data import build_dataset
 from .data.check import check_files
-from .data.wrappers import KeyedAugmentation, whole_images
-from .distributed import all_reduce_sum, gather_objects, on_rank_zero, setup_process
+from .data.wrappers import KeyedAugmentation
+from .distributed import all_reduce_sum, gather_objects, on_rank_zero, setup_process, show_progress
 from .errors import UserError
-from .inference import predict, predict_protocol
-from .losses import EncNetLoss, global_labelled
-from .metrics import SegmentationMetric
-from .models import MODEL_OPTIONS, SE_BRANCH, build_model
+from .evaluation import evaluate
+from .inference import Protocol
+from .losses import build_loss, global_labelled
 from .models.convert import upgrade_keys
 from .nn import convert_sync_batchnorm, revert_sync_batchnorm
-from .runs import RunFolder, write_json
-from .viz import save_palette_png
+from .runs import RunFolder
 
-# The commands reach these through the engine: encnet.engine.whole_images, .setup_process, .write_json.
-__all__ = ["Diverged", "KeyedAugmentation", "Run", "build", "evaluate", "load_trained", "param_groups",
-           "poly_schedule", "setup_process", "sweep", "train", "whole_images", "write_json"]
+__all__ = ["Diverged", "Run", "param_groups", "poly_schedule", "train"]
 
 # Settings that may change when a run is resumed: where it runs and what stops it, not what it computes.
 RESUMABLE_CHANGES = ("data_root", "workers", "device", "channels_last", "eval_every", "out", "resume", "max_loss")
@@ -111,88 +104,6 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float) -> list[dict[
     return [{"params": backbone, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
 
 
-def build(config: TrainConfig, num_classes: int, *, pretrained: bool = True) -> nn.Module:
-    """The model ``config`` describes; ``pretrained=False`` skips ``weights_backbone`` (a checkpoint follows)."""
-    options: dict[str, Any] = {
-        "num_classes": num_classes,
-        "weights_backbone": config.weights_backbone if pretrained else None,
-        "aux": config.aux_weight > 0,
-        **config.model_options,
-    }
-    if config.model in SE_BRANCH:
-        options["se_loss"] = config.se_weight > 0
-    model = build_model(config.model, config.backbone, **options)
-    if config.dropout is not None:
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = config.dropout
-    return model
-
-
-def load_trained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
-    """The model of a checkpoint, in eval mode on ``device``, with its config and the checkpoint itself."""
-    checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict(checkpoint["config"])
-    model = build(config, checkpoint["num_classes"], pretrained=False)
-    load_model_state(model, upgrade_keys(checkpoint["model"]))
-    return model.to(device).eval(), config, checkpoint
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    crop_size: int | None = None,
-    scales: tuple[float, ...] = (1.0,),
-    flip: bool = False,
-    protocol: Any = None,
-    ms: bool = False,
-    batch_size: int = 1,
-    workers: int = 0,
-    predictions: str | os.PathLike | None = None,
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """pixAcc, mIoU, mIoU_all and per-class IoU of ``model`` on ``dataset`` (see :mod:`encnet.metrics`).
-
-    Images go through :func:`encnet.inference.predict` (sliding window beyond
-    ``crop_size``; ``scales`` and ``flip`` for the multi-scale test). Under a
-    process group every rank scores every N-th image and the confusion
-    matrices are summed. ``predictions``: a folder for one palette PNG per
-    image, ``{index:05d}.png``, colours from ``dataset.palette``. ``protocol`` (a
-    published checkpoint's :class:`encnet.models.zoo.Protocol`, with ``ms`` for its
-    multi-scale test) replaces ``crop_size``, ``scales`` and ``flip``.
-    """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if len(dataset) < world:
-        raise ValueError(f"the evaluation set has {len(dataset)} images, fewer than the {world} processes")
-    device = next(model.parameters()).device
-    indices = list(range(rank, len(dataset), world))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                        generator=torch.Generator(), pin_memory=device.type == "cuda")
-    metric = SegmentationMetric(dataset.num_classes)
-    if predictions is not None and rank == 0:
-        Path(predictions).mkdir(parents=True, exist_ok=True)
-    if predictions is not None and world > 1:
-        dist.barrier()
-    model.eval()
-    seen = 0
-    layout = _layout_of(model)
-    for images, masks in tqdm(loader, desc="evaluate", leave=False, disable=not _show_progress(progress, rank)):
-        images = images.to(device, memory_format=layout)
-        if protocol is not None:
-            labels = predict_protocol(model, images, protocol, ms=ms).argmax(1)
-        else:
-            labels = predict(model, images, crop_size=crop_size, scales=scales, flip=flip).argmax(1)
-        metric.update(labels, masks.to(device))
-        if predictions is not None:
-            for label in labels.cpu():
-                save_palette_png(Path(predictions) / f"{indices[seen]:05d}.png", label, dataset.palette)
-                seen += 1
-    if world > 1:
-        metric.all_reduce()
-    return metric.compute()
-
-
 @dataclasses.dataclass
 class Run:
     """What a training run carries from one step to the next (built by :func:`_prepare`)."""
@@ -206,12 +117,12 @@ class Run:
     model: nn.Module  # the module itself: what is saved and evaluated
     net: nn.Module  # what is trained: ``model``, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: DistributedSampler
     folder: RunFolder | None  # rank 0 with config.out set; None elsewhere
     progress: bool | None
-    criterion: EncNetLoss = dataclasses.field(init=False)
-    part_names: list[str] = dataclasses.field(init=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = dataclasses.field(init=False)
+    criterion: nn.Module = dataclasses.field(init=False)  # the loss config.loss names
+    part_names: list[str] = dataclasses.field(default_factory=list)  # the loss's terms, from its first call
     augmented: KeyedAugmentation = dataclasses.field(init=False)
     loader_generator: torch.Generator = dataclasses.field(init=False)
     iteration: int = 0
@@ -221,8 +132,8 @@ class Run:
 
     def __post_init__(self) -> None:
         config = self.config
-        self.criterion = EncNetLoss(se_weight=config.se_weight, aux_weight=config.aux_weight)
-        self.part_names = ["out"] + ["aux"] * (config.aux_weight > 0) + ["se"] * (config.se_weight > 0)
+        self.scheduler = poly_schedule(self.optimizer, self.total, config.poly_power)
+        self.criterion = build_loss(config.loss, config)
         self.augmented = KeyedAugmentation(self.train_set, config.seed)
         self.loader_generator = torch.Generator().manual_seed(config.seed)
 
@@ -297,18 +208,15 @@ def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, f
             "lower --batch-size or add data"
         )
     on_rank_zero(lambda: (check_files(train_set), check_files(val_set)))  # before the first iteration
-    model = build(config, train_set.num_classes, pretrained=config.resume is None)
-    model = (convert_sync_batchnorm(model) if world > 1 else model).to(device, memory_format=_layout(config))
+    model = config.build_model(train_set.num_classes, pretrained=config.resume is None)
+    model = (convert_sync_batchnorm(model) if world > 1 else model).to(device, memory_format=_memory_format(config))
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     lr = config.lr * config.batch_size / 16
     optimizer = torch.optim.SGD(
         param_groups(model, lr, config.head_lr_mult), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     sampler = DistributedSampler(range(len(train_set)), num_replicas=world, rank=rank, seed=config.seed, drop_last=True)
-    total = len(sampler) // (config.batch_size // world) * config.epochs
-    scheduler = poly_schedule(optimizer, total, config.poly_power)
-    run = Run(config, rank, world, device, train_set, val_set, model, net, optimizer, scheduler, sampler, folder,
-              progress)
+    run = Run(config, rank, world, device, train_set, val_set, model, net, optimizer, sampler, folder, progress)
     if config.resume:
         _restore(run)
         if folder is not None:
@@ -316,16 +224,9 @@ def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, f
     return run
 
 
-def _layout(config: TrainConfig) -> torch.memory_format:
+def _memory_format(config: TrainConfig) -> torch.memory_format:
     """The memory format of the model and the training images: NHWC if ``config.channels_last``, else NCHW."""
     return torch.channels_last if config.channels_last else torch.contiguous_format
-
-
-def _layout_of(model: nn.Module) -> torch.memory_format:
-    """The memory format of ``model``'s first convolution (NHWC after training with ``channels_last``)."""
-    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    nhwc = weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
@@ -372,11 +273,11 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
         num_workers=config.workers, generator=run.loader_generator, pin_memory=run.device.type == "cuda",
     )
     run.net.train()
-    sums, start = torch.zeros(1 + len(run.part_names), dtype=torch.float64), time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not _show_progress(run.progress, run.rank),
+    sums, start = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show_progress(run.progress, run.rank),
                leave=False)
     for step, (images, masks) in enumerate(bar, start=1):
-        images = images.to(run.device, non_blocking=True, memory_format=_layout(config))
+        images = images.to(run.device, non_blocking=True, memory_format=_memory_format(config))
         values = _train_step(run, images, masks.to(run.device, non_blocking=True))
         sums += values
         run.losses.append(values[0].item())
@@ -389,6 +290,7 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
 def _train_step(run: Run, images: Tensor, masks: Tensor) -> Tensor:
     """One SGD step on this rank's share of a global batch; returns [loss, its parts], global means, float64."""
     loss, parts = run.criterion(run.net(images), masks, labelled=global_labelled(masks))
+    run.part_names = run.part_names or list(parts)
     values = all_reduce_sum(torch.stack([loss.detach(), *(parts[name] for name in run.part_names)])) / run.world
     value = values[0].item()
     if not value <= run.config.max_loss:  # also true for NaN
@@ -431,7 +333,7 @@ def _divergence(run: Run, iteration: int, what: str, consequence: str) -> str:
 def _evaluate_epoch(run: Run, epoch: int, sums: Tensor, seconds: float) -> dict[str, Any]:
     """Score the validation split; the epoch's record (losses, lr, speed, metrics), added to the history."""
     config = run.config
-    metrics = evaluate(run.model, run.val_set, crop_size=config.crop_size, batch_size=run.rank_batch,
+    metrics = evaluate(run.model, run.val_set, Protocol(crop_size=config.crop_size), batch_size=run.rank_batch,
                        workers=config.workers, progress=run.progress)
     mean = (sums / run.iterations_per_epoch).tolist()
     record = {
@@ -440,7 +342,7 @@ def _evaluate_epoch(run: Run, epoch: int, sums: Tensor, seconds: float) -> dict[
         "images_per_s": run.iterations_per_epoch * config.batch_size / seconds, **metrics,
     }
     run.history.append(record)
-    if _show_progress(run.progress, run.rank):
+    if show_progress(run.progress, run.rank):
         tqdm.write(f"epoch {epoch + 1}: loss {mean[0]:.4f}  pixAcc {metrics['pixAcc']:.4f}  "
                    f"mIoU {metrics['mIoU']:.4f}  {record['images_per_s']:.1f} images/s")
     return record
@@ -476,118 +378,3 @@ def _finish(run: Run) -> dict[str, Any]:
         "metrics": final, "checkpoint": str(Path(run.config.out) / "checkpoint.pt") if run.config.out else None,
         "model": revert_sync_batchnorm(run.model) if run.world > 1 else run.model,
     }
-
-
-def _show_progress(progress: bool | None, rank: int) -> bool:
-    return rank == 0 and (sys.stderr.isatty() if progress is None else progress)
-
-
-def sweep(
-    config: TrainConfig,
-    *,
-    alphas: list[float],
-    seeds: list[int],
-    with_fcn: bool = False,
-    out: str | os.PathLike | None = None,
-    progress: bool | None = None,
-    jobs: int = 1,
-) -> dict[str, Any]:
-    """The SE-loss weight sweep: train EncNet with ``se_weight = alpha`` for every alpha and seed.
-
-    ``with_fcn`` adds an FCN run per seed, so the ablation table (FCN, EncNet
-    (alpha = 0), EncNet + SE-loss) comes from one file. Every run is ``config``
-    with ``se_weight``, ``seed`` (and ``model``) replaced and no files of its own.
-    ``out``: a JSON file, rewritten after each run; runs it already holds (for
-    the same base config) are not trained again, so an interrupted sweep
-    continues where it stopped. The sweep holds the lock of the folder ``out``
-    is in (:class:`encnet.runs.RunFolder`). ``jobs`` > 1 trains that many runs at
-    once, each in its own process with ``torch.get_num_threads() // jobs``
-    threads (small models use two CPU cores better as two 1-thread runs than as
-    one 2-thread run; ``benchmarks/train.py`` measures it); a run's result
-    depends on its seed, not on the job that trained it, though a run on fewer
-    threads may round differently. ``progress``: one bar over the runs (and,
-    with ``jobs=1``, each run's own bars). Returns what the file holds::
-
-        {"config": base config, "alphas": [...], "seeds": [...],
-         "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
-    """
-    base = dataclasses.replace(config, out=None, resume=None)
-    result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
-    rank, world, _ = setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
-    if not isinstance(jobs, int) or jobs < 1 or (jobs > 1 and world > 1):
-        raise UserError(f"jobs must be a positive integer, and 1 under torchrun (here {world} processes), got "
-                        f"{jobs!r}; pass jobs=1, or run the sweep without torchrun")
-    folder = None if out is None else on_rank_zero(lambda: RunFolder(Path(out).parent).lock())
-    with folder or contextlib.nullcontext():
-        result["runs"] = on_rank_zero(lambda: _finished_runs(out, base))
-        if dist.is_initialized():  # the other ranks follow rank 0's file
-            shared = [result["runs"]]
-            dist.broadcast_object_list(shared, src=0)
-            result["runs"] = shared[0]
-        planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
-        planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
-        done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
-        todo = [_sweep_config(base, model, alpha, seed) for model, alpha, seed in planned
-                if (model, alpha, seed) not in done]
-        bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run",
-                   disable=not _show_progress(progress, rank))
-        for record in _sweep_runs(todo, jobs, progress=progress if jobs == 1 else False):
-            result["runs"].append(record)
-            bar.update()
-            bar.set_postfix_str(f"{record['model']} alpha={record['se_weight']:g} seed {record['seed']}: "
-                                f"mIoU {100 * record['mIoU']:.2f}%")
-            if folder is not None:
-                write_json(out, result)
-        bar.close()
-    return result
-
-
-def _sweep_config(base: TrainConfig, model: str, alpha: float, seed: int) -> TrainConfig:
-    """One run of a sweep: ``base`` with its model (keeping the options that model takes), alpha and seed."""
-    options = {name: value for name, value in base.model_options.items() if name in MODEL_OPTIONS[model]}
-    return dataclasses.replace(base, model=model, model_options=options, se_weight=alpha, seed=seed)
-
-
-def _sweep_runs(configs: list[TrainConfig], jobs: int, *, progress: bool | None):
-    """Train ``configs``, ``jobs`` at a time; yield each run's sweep record as it finishes."""
-    if jobs == 1:
-        yield from (_sweep_record(config, progress=progress) for config in configs)
-        return
-    threads = max(1, torch.get_num_threads() // jobs)
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from the caller's
-    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
-                                                  initargs=(threads,))
-    try:
-        pending = [pool.submit(_sweep_record, config, progress=False) for config in configs]
-        for future in concurrent.futures.as_completed(pending):
-            yield future.result()
-    finally:  # after an error (or an interrupt), the runs not started yet are dropped, not trained
-        pool.shutdown(cancel_futures=True)
-
-
-def _sweep_record(config: TrainConfig, *, progress: bool | None) -> dict[str, Any]:
-    """Train one run of a sweep; its record in the sweep file (metrics and history, no weights)."""
-    run = train(config, progress=progress)
-    return {"model": config.model, "se_weight": config.se_weight, "seed": config.seed, **run["metrics"],
-            "history": run["history"]}
-
-
-def _finished_runs(out: str | os.PathLike | None, base: TrainConfig) -> list[dict[str, Any]]:
-    """The runs a sweep file already holds, if it is a sweep of ``base``; [] for a new file."""
-    if out is None or not Path(out).is_file():
-        return []
-    try:
-        previous = json.loads(Path(out).read_text())
-        runs, config = previous["runs"], TrainConfig.from_dict(previous["config"])
-        if not isinstance(runs, list) or not all(isinstance(run, dict) for run in runs):
-            raise TypeError("runs is not a list of records")
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(
-            f"{str(out)!r} is not a sweep file of encnet ({type(error).__name__}: {error}); it should be the JSON "
-            'object {"config", "alphas", "seeds", "runs"} that `encnet sweep` writes: pass another --out'
-        ) from None
-    if config != base:
-        raise UserError(
-            f"{str(out)!r} holds a sweep of another config; pass another --out, or delete the file to start over"
-        )
-    return runs

@@ -1,34 +1,49 @@
-r"""Inference on whole images: sliding window, several scales, horizontal flip.
+r"""Inference on whole images: one :func:`predict` for every test protocol.
 
-A segmentation network is trained on crops of ``crop_size``; at test time an
-image can be larger. :func:`sliding_window` then runs the network on windows of
-``crop_size`` moved by a stride of 2/3 of the crop (the reference
-implementation's stride), so neighbouring windows overlap by a third, and
-averages the logits where they overlap. Windows at the right and bottom edges
-are shifted inwards to end at the border, so no padding is needed.
+A test protocol (:class:`Protocol`) says how a network trained on crops
+segments a whole image: how the image is resized, whether it goes through
+whole or in sliding windows, which scales and flips are added, and how their
+scores are combined. Every path of the package uses the one function
+:func:`predict`: evaluation during training and by ``encnet evaluate``,
+``encnet predict``, the notebooks, and the published checkpoints, whose
+protocols (``encnet.models.zoo.REFERENCE``, ``MMSEG_ADE20K``) repeat their
+publishers' tests.
 
-:func:`predict` adds the multi-scale test of the paper: the image is resized by
-each factor in ``scales`` (the paper's ``--ms``: 0.5, 0.75, 1.0, 1.25, 1.5,
+Sliding window (:func:`sliding_window`). Windows of ``crop_size`` move by a
+stride of ``int(crop_size * stride_rate)`` (2/3 of the crop, the reference
+implementation's); the network's scores are averaged where windows overlap.
+At the right and bottom borders a window is either shifted inwards to end at
+the border (``edge="shift"``, this package's default: no padding) or cut at
+the border and padded to the crop with black pixels (``edge="pad"``, the
+publishers'), whose scores are then dropped.
+
+Multi-scale test (:meth:`Protocol.multi_scale`, the paper's ``--ms``): the
+image is resized by each factor in ``scales`` (0.5, 0.75, 1.0, 1.25, 1.5,
 1.75), optionally flipped left-right, segmented, and brought back to its own
-size; the class probabilities of all views are averaged:
+size. With ``combine="probabilities"`` the class probabilities of all views
+are averaged,
 
 .. math::
 
     p(c \mid \text{pixel}) = \frac{1}{|V|} \sum_{v \in V}
-        \mathrm{softmax}_c\big(\text{resize}(f(v(\text{image})))\big)
+        \mathrm{softmax}_c\big(\text{resize}(f(v(\text{image})))\big),
 
-where ``V`` is the set of (scale, flip) views.
+where ``V`` is the set of (scale, flip) views (this package and
+mmsegmentation); with ``combine="exp"`` (PyTorch-Encoding's
+``MultiEvalModule``) each window scores ``exp(logits + flipped logits)``, and
+the scales' maps are summed, then normalised over the classes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,60 +57,94 @@ from .viz import overlay, save_palette_png
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
-def _window_starts(length: int, crop_size: int, stride: int) -> list[int]:
-    """Start offsets of windows of ``crop_size`` covering ``length`` pixels, the last one flush with the end."""
+@dataclass(frozen=True)
+class Protocol:
+    """How an image is segmented at test time: the argument of :func:`predict`.
+
+    Attributes:
+        fit: resize each image to fit in (long, short) keeping its aspect ratio
+            (mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)``), or None.
+        base_size: resize the long side to ``ceil(base_size * scale)`` (PyTorch-Encoding), or None.
+            With neither, each view is the image's own size times the scale.
+        crop_size: sliding-window size, or None for one pass over the whole image.
+        stride_rate: window stride as a fraction of ``crop_size``.
+        edge: at the borders, windows "shift" inwards or are cut and "pad"-ded with black.
+        scales: the views' scale factors (of ``fit``, ``base_size`` or the image's size).
+        flip: add a horizontally flipped view of every scale.
+        align_corners: of the bilinear resizes of the image and of the scores.
+        combine: "probabilities" (average the softmax of every view) or "exp"
+            (each window scores exp(logits + flipped logits); the scales are summed).
+    """
+
+    fit: tuple[int, int] | None = None
+    base_size: int | None = None
+    crop_size: int | None = None
+    stride_rate: float = 2 / 3
+    edge: Literal["shift", "pad"] = "shift"
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    align_corners: bool = False
+    combine: Literal["probabilities", "exp"] = "probabilities"
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(not scale > 0 for scale in self.scales):
+            raise ValueError(f"scales must be positive factors, e.g. {MULTI_SCALES}; got {self.scales!r}")
+        if self.edge not in ("shift", "pad") or self.combine not in ("probabilities", "exp"):
+            raise ValueError(f"edge must be 'shift' or 'pad' and combine 'probabilities' or 'exp', got "
+                             f"{self.edge!r} and {self.combine!r}")
+
+    def multi_scale(self, scales: tuple[float, ...] = MULTI_SCALES) -> Protocol:
+        """The same protocol at several ``scales``, with flipped views: the paper's multi-scale test."""
+        return dataclasses.replace(self, scales=tuple(scales), flip=True)
+
+
+def _window_starts(length: int, crop_size: int, stride: int, edge: str) -> list[int]:
+    """Start offsets of the windows along one side of ``length`` pixels."""
     if length <= crop_size:
         return [0]
-    return list(range(0, length - crop_size, stride)) + [length - crop_size]
+    if edge == "shift":  # the last window flush with the end
+        return list(range(0, length - crop_size, stride)) + [length - crop_size]
+    return list(range(0, length - crop_size + stride, stride))  # the last window may run past the end
 
 
-def sliding_window(model: nn.Module, images: Tensor, *, crop_size: int) -> Tensor:
-    """Logits (B, K, H, W) of ``model(images)["out"]`` computed window by window.
-
-    ``images`` is (B, 3, H, W); inputs no larger than ``crop_size`` on both sides
-    go through in one pass.
-    """
-    height, width = images.shape[-2:]
-    if height <= crop_size and width <= crop_size:
-        return model(images)["out"]
-    stride = math.ceil(crop_size * 2 / 3)
-    logits, counts = None, images.new_zeros(1, 1, height, width)
-    for top in _window_starts(height, crop_size, stride):
-        for left in _window_starts(width, crop_size, stride):
-            rows, cols = slice(top, top + crop_size), slice(left, left + crop_size)
-            window_logits = model(images[..., rows, cols])["out"]  # (B, K, h, w)
-            if logits is None:
-                logits = images.new_zeros(images.size(0), window_logits.size(1), height, width)
-            logits[..., rows, cols] += window_logits
-            counts[..., rows, cols] += 1
-    return logits / counts
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: Tensor, *, crop_size: int, scales: tuple[float, ...] = (1.0,), flip: bool = False
+def sliding_window(
+    forward: Callable[[Tensor], Tensor],
+    images: Tensor,
+    *,
+    crop_size: int | None,
+    stride: int,
+    edge: Literal["shift", "pad"] = "shift",
+    score: Callable[[Tensor], Tensor] = lambda logits: logits,
 ) -> Tensor:
-    """Class probabilities (B, K, H, W) for (B, 3, H, W) images, averaged over scales and flips.
+    """Scores (B, K, H, W) of ``forward`` (a (B, 3, h, w) window -> (B, K, h, w) logits) window by window.
 
-    The model should be in eval mode. ``scales`` multiply the image's own size.
+    ``score`` maps each window's logits (``torch.exp`` for the reference's test);
+    the scores of overlapping windows are averaged. With ``edge="pad"`` a window
+    (or an image) smaller than the crop is padded on the right and bottom with
+    black pixels (normalised), and the scores of the padding are cut away.
+    ``crop_size`` None, or an image no larger than the crop with ``edge="shift"``,
+    is one pass.
     """
-    if not scales or any(scale <= 0 for scale in scales):
-        raise ValueError(f"scales must be positive factors, e.g. {MULTI_SCALES}; got {scales!r}")
     height, width = images.shape[-2:]
-    probabilities = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = images if scale == 1 else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        for flipped in (False, True) if flip else (False,):
-            view = scaled.flip(-1) if flipped else scaled
-            logits = sliding_window(model, view, crop_size=crop_size)
-            if flipped:
-                logits = logits.flip(-1)
-            if scale != 1:
-                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            view_probabilities = logits.softmax(1)
-            probabilities = view_probabilities if probabilities is None else probabilities + view_probabilities
-    return probabilities / (len(scales) * (2 if flip else 1))
+    if crop_size is None or (edge == "shift" and height <= crop_size and width <= crop_size):
+        return score(forward(images))
+    black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).to(images).view(1, 3, 1, 1)
+    scores, counts = None, images.new_zeros(1, 1, height, width)
+    for top in _window_starts(height, crop_size, stride, edge):
+        for left in _window_starts(width, crop_size, stride, edge):
+            window = (..., slice(top, min(top + crop_size, height)), slice(left, min(left + crop_size, width)))
+            crop = images[window]
+            h, w = crop.shape[-2:]
+            if edge == "pad" and (h < crop_size or w < crop_size):
+                padded = black.expand(crop.size(0), 3, max(h, crop_size), max(w, crop_size)).clone()
+                padded[..., :h, :w] = crop
+                crop = padded
+            window_scores = score(forward(crop)[..., :h, :w])
+            if scores is None:
+                scores = images.new_zeros(images.size(0), window_scores.size(1), height, width)
+            scores[window] += window_scores
+            counts[window] += 1
+    return scores / counts
 
 
 def fit_size(height: int, width: int, fit: tuple[int, int]) -> tuple[int, int]:
@@ -115,51 +164,8 @@ def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     return int(height * long_side / width + 0.5), long_side
 
 
-def padded_sliding_window(
-    model: nn.Module,
-    images: Tensor,
-    *,
-    crop_size: int,
-    stride: int,
-    pad_value: Tensor,
-    flip: bool = False,
-    score: Callable[[Tensor], Tensor] = lambda logits: logits,
-) -> Tensor:
-    """Logits (B, K, H, W) from windows of ``crop_size`` at ``stride``, each padded to the crop (the reference's way).
-
-    Windows start at 0, stride, 2 stride, ... until they reach the border; a
-    window (or an image) smaller than the crop is padded on the right and bottom
-    with ``pad_value`` (3,) (a black pixel, normalised), and the logits of the
-    padding are cut away. With ``flip`` each window's logits are summed with
-    those of its mirror image, flipped back. ``score`` maps each window's logits
-    (the reference takes their ``exp``); overlapping scores are averaged.
-    """
-    height, width = images.shape[-2:]
-
-    def run(window: Tensor) -> Tensor:
-        h, w = window.shape[-2:]
-        padded = pad_value.view(1, 3, 1, 1).expand(window.size(0), 3, max(h, crop_size), max(w, crop_size)).clone()
-        padded[..., :h, :w] = window
-        logits = model(padded)["out"]
-        if flip:
-            logits = logits + model(padded.flip(-1))["out"].flip(-1)
-        return score(logits[..., :h, :w])
-
-    rows = range(0, height - crop_size + stride, stride) if height > crop_size else [0]
-    cols = range(0, width - crop_size + stride, stride) if width > crop_size else [0]
-    scores, counts = None, images.new_zeros(1, 1, height, width)
-    for top in rows:
-        for left in cols:
-            window = (..., slice(top, min(top + crop_size, height)), slice(left, min(left + crop_size, width)))
-            window_scores = run(images[window])
-            if scores is None:
-                scores = images.new_zeros(images.size(0), window_scores.size(1), height, width)
-            scores[window] += window_scores
-            counts[window] += 1
-    return scores / counts
-
-
-def _view_size(height: int, width: int, protocol: Any, scale: float) -> tuple[int, int]:
+def view_size(height: int, width: int, protocol: Protocol, scale: float) -> tuple[int, int]:
+    """(h, w) of the view of an image of ``height`` x ``width`` at ``scale`` under ``protocol``."""
     if protocol.fit is not None:
         return fit_size(height, width, (int(protocol.fit[0] * scale), int(protocol.fit[1] * scale)))
     if protocol.base_size is not None:
@@ -167,45 +173,47 @@ def _view_size(height: int, width: int, protocol: Any, scale: float) -> tuple[in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def _resize(images: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=align_corners)
+
+
 @torch.no_grad()
-def predict_protocol(model: nn.Module, images: Tensor, protocol: Any, *, ms: bool = False) -> Tensor:
-    """Class scores (B, K, H, W) of normalised (B, 3, H, W) images under a publisher's test ``protocol``.
+def predict(model: nn.Module, images: Tensor, protocol: Protocol | None = None) -> Tensor:
+    """Class probabilities (B, K, H, W) of normalised (B, 3, H, W) images under a test ``protocol``.
 
-    ``protocol`` is an :class:`encnet.models.zoo.Protocol`; without ``ms`` there is
-    one view, at scale 1, unflipped. Each scale resizes the image (to fit in
-    ``fit`` x scale, or to a long side of ``base_size`` x scale) and runs the whole
-    image, or padded sliding windows of ``crop_size``; the scores are resized
-    back to the image's size and combined as the publisher does:
-
-    - ``combine="probabilities"`` (mmsegmentation): the softmax of every (scale,
-      flip) view is averaged;
-    - ``combine="exp"`` (PyTorch-Encoding's ``MultiEvalModule``): each window
-      scores ``exp(logits + flipped logits)``, windows are averaged where they
-      overlap, and the scales' maps are summed.
-
-    The result is normalised to sum to 1 over K; its argmax is the predicted label.
+    ``model`` (in eval mode) returns ``{"out": logits, ...}``. Every (scale,
+    flip) view is resized (:func:`view_size`), segmented by :func:`sliding_window`,
+    resized back and combined as ``protocol.combine`` says (see the module's
+    docstring); the result sums to 1 over K, and its argmax is the predicted label.
+    ``protocol`` None: the whole image at its own size.
     """
+    protocol = protocol or Protocol()
     height, width = images.shape[-2:]
-    scales = protocol.scales if ms else (1.0,)
-    flip = ms and protocol.flip
-    pad_value = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).to(images)  # black, normalised
+
+    def logits(view: Tensor) -> Tensor:
+        return model(view)["out"]
+
+    def flipped(view: Tensor) -> Tensor:
+        return logits(view.flip(-1)).flip(-1)
+
+    def both(view: Tensor) -> Tensor:
+        return logits(view) + flipped(view)
+
+    if protocol.combine == "exp":  # the flip inside each window, exp of the summed logits
+        forwards, score = [both if protocol.flip else logits], torch.exp
+    else:  # the flip as a view of its own, softmax of each view's logits
+        forwards, score = [logits, flipped] if protocol.flip else [logits], (lambda z: z)
+    stride = int(protocol.crop_size * protocol.stride_rate) if protocol.crop_size else 0
     total = None
-    for scale in scales:
-        view = F.interpolate(images, size=_view_size(height, width, protocol, scale), mode="bilinear",
-                             align_corners=protocol.align_corners)
-        if protocol.crop_size is not None:
-            stride = int(protocol.crop_size * protocol.stride_rate)
-            score = torch.exp if protocol.combine == "exp" else (lambda logits: logits.softmax(1))
-            maps = [padded_sliding_window(model, view, crop_size=protocol.crop_size, stride=stride,
-                                          pad_value=pad_value, flip=flip, score=score)]
-        else:
-            logits = model(view)["out"]
-            if protocol.combine == "exp":
-                maps = [(logits + model(view.flip(-1))["out"].flip(-1) if flip else logits).exp()]
-            else:
-                maps = [logits.softmax(1)] + ([model(view.flip(-1))["out"].flip(-1).softmax(1)] if flip else [])
-        for scores in maps:
-            scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=protocol.align_corners)
+    for scale in protocol.scales:
+        view = _resize(images, view_size(height, width, protocol, scale), protocol.align_corners)
+        for forward in forwards:
+            scores = sliding_window(forward, view, crop_size=protocol.crop_size, stride=stride, edge=protocol.edge,
+                                    score=score)
+            scores = _resize(scores, (height, width), protocol.align_corners)
+            scores = scores.softmax(1) if protocol.combine == "probabilities" else scores
             total = scores if total is None else total + scores
     return total / total.sum(1, keepdim=True)
 
@@ -254,21 +262,18 @@ def to_model_input(image: Any) -> Tensor:
 
 
 @torch.no_grad()
-def segment(model: nn.Module, image: Any, *, protocol: Any = None, ms: bool = False) -> Segmentation:
-    """Segment one image with ``model`` (in eval mode) under a publisher's test ``protocol``.
+def segment(model: nn.Module, image: Any, protocol: Protocol | None = None) -> Segmentation:
+    """Segment one image with ``model`` (in eval mode) under a test ``protocol`` (:func:`predict`).
 
-    ``image``: see :func:`to_model_input`. ``protocol``: an
-    :class:`encnet.models.zoo.Protocol` (a published entry's ``protocol``); None
-    runs the whole image at its own size. The SE probabilities and gamma come
-    from one pass over the whole image at the protocol's single scale.
+    ``image``: see :func:`to_model_input`. ``protocol``: a published entry's
+    (``entry.protocol``, ``.multi_scale()`` for its multi-scale test), or the
+    default, the whole image at its own size. The SE probabilities and gamma come
+    from one pass over the whole image at scale 1.
     """
-    from .models.zoo import Protocol
-
     protocol = protocol or Protocol()
     x = to_model_input(image).to(next(model.parameters()).device)
-    labels = predict_protocol(model, x, protocol, ms=ms).argmax(1)[0].cpu()
-    view = F.interpolate(x, size=_view_size(*x.shape[-2:], protocol, 1.0), mode="bilinear",
-                         align_corners=protocol.align_corners)
+    labels = predict(model, x, protocol).argmax(1)[0].cpu()
+    view = _resize(x, view_size(*x.shape[-2:], protocol, 1.0), protocol.align_corners)
     outputs = model(view)
     enc_module = getattr(getattr(model, "head", None), "enc_module", None)
     gamma = enc_module.gamma[0].cpu() if enc_module is not None and enc_module.gamma is not None else None

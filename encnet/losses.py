@@ -39,6 +39,10 @@ How this differs from the two public implementations:
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -74,6 +78,40 @@ def global_labelled(mask: Tensor, ignore_index: int = 255) -> Tensor:
     return count
 
 
+LOSSES: dict[str, type[nn.Module]] = {}
+"""The training losses by name: what ``TrainConfig.loss`` names. Add one with :func:`register_loss`."""
+
+
+def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Register the decorated loss class as ``name`` in :data:`LOSSES`.
+
+    A loss is called as ``loss(outputs, mask, labelled=...)`` with a model's
+    output dict, and returns ``(total, parts)``: ``parts`` maps each term to its
+    unweighted value, detached (the training log records them). Its constructor's
+    arguments are filled from the ``TrainConfig`` fields of the same names
+    (:func:`build_loss`), so a loss with new settings adds them to the config.
+    """
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in LOSSES:
+            raise ValueError(f"a loss named {name!r} is registered already ({LOSSES[name].__qualname__})")
+        LOSSES[name] = cls
+        return cls
+
+    return register
+
+
+def build_loss(name: str, settings: Any) -> nn.Module:
+    """The loss ``name`` of :data:`LOSSES`, its constructor's arguments read from ``settings``' attributes.
+
+    ``settings`` is a ``TrainConfig``; a constructor argument it lacks keeps its default.
+    """
+    cls = LOSSES[name]
+    names = [p.name for p in inspect.signature(cls).parameters.values() if hasattr(settings, p.name)]
+    return cls(**{name: getattr(settings, name) for name in names})
+
+
+@register_loss("encnet")
 class EncNetLoss(nn.Module):
     """``CE(out) + aux_weight * CE(aux) + se_weight * BCE(se)`` from a model's output dict.
 

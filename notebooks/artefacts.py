@@ -37,7 +37,8 @@ from typing import Any
 
 from encnet.checkpoint import load_checkpoint, save_checkpoint
 from encnet.config import TrainConfig, preset
-from encnet.engine import sweep, train
+from encnet.engine import train
+from encnet.sweep import sweep
 from encnet.teaching.notebook import quick
 
 NOTEBOOKS = Path(__file__).resolve().parent

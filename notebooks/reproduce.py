@@ -40,7 +40,7 @@ from nbconvert import HTMLExporter
 
 from encnet import ablation
 from encnet.config import preset
-from encnet.engine import sweep
+from encnet.sweep import sweep
 from encnet.teaching.notebook import tidy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from encnet.checkpoint import load_checkpoint
 from encnet.config import TrainConfig
-from encnet.engine import load_trained
+from encnet.models import load_trained
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

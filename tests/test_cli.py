@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encnet import engine
+import encnet.__main__ as cli
+from encnet import evaluation
 from encnet.__main__ import _parser, _train_config, main
 from encnet.checkpoint import FORMAT, load_checkpoint
 from encnet.config import PRESETS
@@ -58,7 +59,7 @@ def test_synthetic_quick_end_to_end(quick, tmp_path, capsys):
 
 def test_evaluate_multi_scale(quick, tmp_path, monkeypatch):
     """--ms: six scales with flip, sliding windows beyond the crop (on one image, to stay quick)."""
-    whole_images = engine.whole_images
+    whole_images = cli.whole_images
 
     class FirstImage(torch.utils.data.Subset):
         def __init__(self, dataset):
@@ -66,22 +67,22 @@ def test_evaluate_multi_scale(quick, tmp_path, monkeypatch):
             self.num_classes, self.palette = dataset.num_classes, dataset.palette
 
     datasets, calls, outputs = [], [], []
-    predict = engine.predict
+    predict = evaluation.predict
 
     def first_image(*args, **kwargs):
         datasets.append(FirstImage(whole_images(*args, **kwargs)))
         return datasets[-1]
 
-    def recorded_predict(*args, **kwargs):
-        calls.append(kwargs)
-        outputs.append(predict(*args, **kwargs))
+    def recorded_predict(model, images, protocol):
+        calls.append(protocol)
+        outputs.append(predict(model, images, protocol))
         return outputs[-1]
 
-    monkeypatch.setattr(engine, "whole_images", first_image)
-    monkeypatch.setattr(engine, "predict", recorded_predict)
+    monkeypatch.setattr(cli, "whole_images", first_image)
+    monkeypatch.setattr(evaluation, "predict", recorded_predict)
     assert main(["evaluate", str(quick[0] / "checkpoint.pt"), "--ms", "--workers", "0",
                  "--out", str(tmp_path / "ms.json")]) == 0
-    assert calls[0]["scales"] == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and calls[0]["flip"] is True
+    assert calls[0].scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and calls[0].flip is True
     # The written scores are those of the multi-scale prediction, counted here by hand.
     scores = json.loads((tmp_path / "ms.json").read_text())
     (labels,), mask = outputs[0].argmax(1), datasets[0][0][1]

@@ -6,24 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from encnet import engine
 from encnet.__main__ import _parser, _train_config
 from encnet.config import PRESETS, TrainConfig, preset
 from encnet.errors import UserError
-from encnet.models import MODEL_OPTIONS
+from encnet.models import get_model, load_trained
 
 SWEEP = Path(__file__).parents[1] / "notebooks" / "results" / "se_loss_sweep.json"
 
 
 def test_model_options_reach_the_head():
     config = dataclasses.replace(preset("synthetic-quick"), model_options={"lateral": True, "num_codes": 8})
-    model = engine.build(config, num_classes=17, pretrained=False)
+    model = config.build_model(17, pretrained=False)
     assert model.head.lateral is not None and model.head.enc_module.encoding.num_codes == 8
     assert PRESETS["pcontext-encnet-r50"].model_options == {"lateral": True}
 
 
 def test_defaults_are_left_out_so_equal_models_compare_equal():
-    defaults = MODEL_OPTIONS["encnet"]
+    defaults = get_model("encnet").options
     assert defaults == {"lateral": False, "num_codes": 32}
     spelled_out = dataclasses.replace(preset("synthetic"), model_options=dict(defaults))
     assert spelled_out.model_options == {} and spelled_out == preset("synthetic")
@@ -70,6 +69,6 @@ def test_sweep_takes_se_weights_and_train_se_weight():
 @pytest.mark.parametrize("name", ["encnet_synthetic", "fcn_synthetic"])
 def test_the_notebooks_checkpoints_load_with_todays_names(name):
     path = Path(__file__).parents[1] / "notebooks" / "models" / f"{name}.pt"
-    model, config, checkpoint = engine.load_trained(path)
+    model, config, checkpoint = load_trained(path)
     assert checkpoint["format"] == "encnet-checkpoint-2" and config.model == name.split("_")[0]
     assert not any(key.startswith("head.encoding.") for key in checkpoint["model"])

@@ -15,9 +15,11 @@ from torch import nn
 from encnet import engine
 from encnet.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state
 from encnet.config import preset
+from encnet.data.wrappers import KeyedAugmentation, whole_images
 from encnet.errors import UserError
-from encnet.inference import predict, sliding_window
-from encnet.models import build_model
+from encnet.evaluation import evaluate
+from encnet.inference import Protocol, predict, sliding_window
+from encnet.models import build_model, load_trained
 
 ITERATIONS_PER_EPOCH = 8 // 4  # tiny_config (conftest.py): 8 training images, 4 per batch
 
@@ -81,10 +83,10 @@ def test_train_writes_checkpoint_log_and_metrics(finished, tiny_config):
     expected = base_lr * (1 - ITERATIONS_PER_EPOCH / (2 * ITERATIONS_PER_EPOCH)) ** 0.9
     assert log[0]["lr"] == pytest.approx(expected)
     assert checkpoint["optimizer"]["param_groups"][1]["initial_lr"] == pytest.approx(10 * base_lr)
-    model, config, _ = engine.load_trained(out / "checkpoint.pt")
+    model, config, _ = load_trained(out / "checkpoint.pt")
     assert config == dataclasses.replace(tiny_config, out=str(out))
-    val_set = engine.whole_images("synthetic", "val", root=None, options=tiny_config.dataset_options)
-    again = engine.evaluate(model, val_set, crop_size=64, batch_size=4)
+    val_set = whole_images("synthetic", "val", root=None, options=tiny_config.dataset_options)
+    again = evaluate(model, val_set, Protocol(crop_size=64), batch_size=4)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])
 
 
@@ -152,7 +154,7 @@ def test_files_that_are_not_checkpoints_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable torch file"):
         load_checkpoint(tmp_path / "garbage.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an encnet checkpoint"):
@@ -180,7 +182,7 @@ def test_torchrun_two_ranks_with_half_batches_equal_one_process_on_the_whole_bat
     torch.testing.assert_close(checkpoint["losses"], torch.tensor(single["losses"], dtype=torch.float64),
                                rtol=1e-4, atol=0)
     torch.manual_seed(config.seed)
-    initial = engine.build(config, num_classes=17).state_dict()
+    initial = config.build_model(17).state_dict()
     for name, tensor in single["model"].state_dict().items():
         if tensor.is_floating_point():
             update = (tensor - initial[name]).norm()
@@ -207,14 +209,14 @@ def test_keyed_augmentation_depends_only_on_the_key():
         def __getitem__(self, index):
             return torch.rand(3) + index
 
-    keyed = engine.KeyedAugmentation(Noisy(), seed=0)
+    keyed = KeyedAugmentation(Noisy(), seed=0)
     first = [keyed[(0, i)] for i in range(10)]
     state = torch.get_rng_state()
     reverse = [keyed[(0, i)] for i in reversed(range(10))][::-1]
     assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
     assert all(torch.equal(a, b) for a, b in zip(first, reverse))
     assert not torch.equal(keyed[(1, 0)], first[0])  # another epoch, another draw
-    assert not torch.equal(engine.KeyedAugmentation(Noisy(), seed=1)[(0, 0)], first[0])
+    assert not torch.equal(KeyedAugmentation(Noisy(), seed=1)[(0, 0)], first[0])
 
 
 def test_runs_with_random_augmentation_do_not_depend_on_the_number_of_workers(tmp_path):
@@ -262,11 +264,13 @@ def test_sliding_window_and_flip_agree_with_one_pass_for_a_pixelwise_model():
     model, images = _PixelwiseModel(), torch.randn(2, 3, 50, 70)
     with torch.no_grad():
         whole = model(images)["out"]
-        torch.testing.assert_close(sliding_window(model, images, crop_size=20), whole)
-        probabilities = predict(model, images, crop_size=20, flip=True)
+        for edge in ("shift", "pad"):
+            windows = sliding_window(lambda x: model(x)["out"], images, crop_size=20, stride=13, edge=edge)
+            torch.testing.assert_close(windows, whole)
+        probabilities = predict(model, images, Protocol(crop_size=20, flip=True))
     torch.testing.assert_close(probabilities, whole.softmax(1))
-    multi = predict(model, images, crop_size=32, scales=(0.5, 1.0, 1.5), flip=True)
+    multi = predict(model, images, Protocol(crop_size=32).multi_scale((0.5, 1.0, 1.5)))
     assert multi.shape == (2, 4, 50, 70)
     torch.testing.assert_close(multi.sum(1), torch.ones(2, 50, 70))
     with pytest.raises(ValueError, match="positive factors"):
-        predict(model, images, crop_size=20, scales=(0.0,))
+        Protocol(crop_size=20, scales=(0.0,))

@@ -18,11 +18,10 @@ import torch
 from layouts import random_state, read_layout
 from PIL import Image
 
-import encnet.__main__ as encnet_main
 from encnet.__main__ import main
 from encnet.checkpoint import CheckpointError
 from encnet.errors import UserError
-from encnet.inference import fit_size, long_side_size, padded_sliding_window, predict_protocol
+from encnet.inference import Protocol, fit_size, long_side_size, predict, sliding_window
 from encnet.models import build_model, dilated_resnet, from_checkpoint, zoo
 
 
@@ -81,7 +80,7 @@ class Payload:
 def test_unsafe_truncated_and_unknown_files_are_refused(tmp_path):
     model = build_model("fcn", "small", num_classes=3)
     torch.save({"state_dict": model.state_dict(), "meta": {"hook": Payload()}}, tmp_path / "payload.pth")
-    with pytest.raises(CheckpointError, match="pickles the object .*Payload.*nothing of the file was run"):
+    with pytest.raises(CheckpointError, match="pickles the object .*Payload.*Nothing of the file was run"):
         from_checkpoint(tmp_path / "payload.pth")
     assert isinstance(from_checkpoint(tmp_path / "payload.pth", allow=[Payload]), torch.nn.Module)
     good = tmp_path / "good.pth"
@@ -123,8 +122,8 @@ def test_padded_sliding_window_covers_every_pixel_once_per_window():
         calls.append(tuple(x.shape[-2:]))
         return {"out": torch.ones(x.size(0), 2, *x.shape[-2:])}
 
-    counts = padded_sliding_window(model, torch.zeros(1, 3, 50, 100), crop_size=40, stride=26,
-                                   pad_value=torch.zeros(3), score=lambda logits: logits)
+    counts = sliding_window(lambda x: model(x)["out"], torch.zeros(1, 3, 50, 100), crop_size=40, stride=26,
+                            edge="pad")
     assert set(calls) == {(40, 40)}  # every window padded to the crop
     assert len(calls) == 2 * 4  # rows 0, 26 (ceil(10/26) + 1 = 2); cols 0, 26, 52, 78
     torch.testing.assert_close(counts, torch.ones(1, 2, 50, 100))  # averaged where windows overlap
@@ -134,8 +133,8 @@ def test_protocols_return_normalised_scores_at_the_image_size():
     torch.manual_seed(0)
     model = build_model("encnet", "small", num_classes=4).eval()
     images = torch.randn(1, 3, 37, 53)
-    for protocol in (zoo.Protocol(fit=(128, 64)), zoo.Protocol(base_size=80, crop_size=48, combine="exp")):
-        single, multi = (predict_protocol(model, images, protocol, ms=ms) for ms in (False, True))
+    for protocol in (Protocol(fit=(128, 64)), Protocol(base_size=80, crop_size=48, edge="pad", combine="exp")):
+        single, multi = predict(model, images, protocol), predict(model, images, protocol.multi_scale())
         assert single.shape == multi.shape == (1, 4, 37, 53)
         torch.testing.assert_close(single.sum(1), torch.ones(1, 37, 53))
         assert not torch.allclose(single, multi)  # the views do change the scores
@@ -150,9 +149,9 @@ def _photo(path: Path) -> Path:
 @pytest.mark.parametrize("layout", ["encnet", "reference_encnet_resnet50s_pcontext", "mmseg_encnet_r50_ade20k"])
 def test_predict_end_to_end_in_each_layout(tmp_path, layout, capsys, monkeypatch):
     """The publishers' protocols at a small size (the full ones run ResNet-50 on 512-pixel views)."""
-    monkeypatch.setitem(encnet_main._PROTOCOLS, "mmsegmentation", zoo.Protocol(fit=(96, 48)))
-    monkeypatch.setitem(encnet_main._PROTOCOLS, "PyTorch-Encoding",
-                        zoo.Protocol(base_size=72, crop_size=48, align_corners=True, combine="exp"))
+    monkeypatch.setattr(zoo, "MMSEG_ADE20K", Protocol(fit=(96, 48)))
+    monkeypatch.setattr(zoo, "REFERENCE", Protocol(base_size=72, crop_size=48, edge="pad", align_corners=True,
+                                                   combine="exp"))
     if layout == "encnet":
         torch.manual_seed(0)
         checkpoint = build_model("encnet", "small", num_classes=150).state_dict()
@@ -192,7 +191,7 @@ def test_evaluate_published_weights_prints_the_published_figure(offline_hub, tmp
     entry.path.parent.mkdir(parents=True)
     torch.save({"state_dict": random_state(read_layout("mmseg_encnet_r50_ade20k")["state_dict"]),
                 "meta": {"CLASSES": list(entry.classes)}}, entry.path)
-    small = zoo.Protocol(fit=(64, 32))  # the published one fits each image in 2048 x 512
+    small = Protocol(fit=(64, 32))  # the published one fits each image in 2048 x 512
     monkeypatch.setattr(zoo, "PUBLISHED", {**zoo.PUBLISHED, entry.name: zoo.Published(
         **{**entry.__dict__, "protocol": small})})
     root = tmp_path / "data"

@@ -11,6 +11,8 @@ import torch
 from encnet import ablation, engine
 from encnet.config import preset
 from encnet.errors import UserError
+from encnet.evaluation import memory_format_of
+from encnet.sweep import sweep
 
 TINY = dataclasses.replace(preset("synthetic-quick"), epochs=1,
                            dataset_options={"image_size": 64, "train_samples": 16, "val_samples": 8})
@@ -26,12 +28,12 @@ def _without_speed(runs):
 def test_two_jobs_train_the_same_runs_as_one(monkeypatch):
     # Two 1-thread processes side by side give each run the result it has on one thread in this process.
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # on any machine, jobs=2 gives each job 1 thread
-    side_by_side = engine.sweep(TINY, alphas=[0.2], seeds=[1], with_fcn=True, progress=False, jobs=2)
+    side_by_side = sweep(TINY, alphas=[0.2], seeds=[1], with_fcn=True, progress=False, jobs=2)
     monkeypatch.undo()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one_by_one = engine.sweep(TINY, alphas=[0.2], seeds=[1], with_fcn=True, progress=False, jobs=1)
+        one_by_one = sweep(TINY, alphas=[0.2], seeds=[1], with_fcn=True, progress=False, jobs=1)
     finally:
         torch.set_num_threads(before)
     assert len(side_by_side["runs"]) == 2
@@ -41,7 +43,7 @@ def test_two_jobs_train_the_same_runs_as_one(monkeypatch):
 @pytest.mark.parametrize("jobs", [0, 1.5])
 def test_jobs_must_be_a_positive_integer(jobs):
     with pytest.raises(UserError, match="jobs must be a positive integer"):
-        engine.sweep(TINY, alphas=[0.0], seeds=[0], progress=False, jobs=jobs)
+        sweep(TINY, alphas=[0.0], seeds=[0], progress=False, jobs=jobs)
 
 
 def test_channels_last_is_the_same_computation_in_another_layout():
@@ -49,8 +51,8 @@ def test_channels_last_is_the_same_computation_in_another_layout():
     nchw = engine.train(dataclasses.replace(TINY, channels_last=False, dropout=0.0), progress=False)
     nhwc = engine.train(dataclasses.replace(TINY, channels_last=True, dropout=0.0), progress=False)
     again = engine.train(dataclasses.replace(TINY, channels_last=True, dropout=0.0), progress=False)
-    assert engine._layout_of(nhwc["model"]) == torch.channels_last
-    assert engine._layout_of(nchw["model"]) == torch.contiguous_format
+    assert memory_format_of(nhwc["model"]) == torch.channels_last
+    assert memory_format_of(nchw["model"]) == torch.contiguous_format
     assert nhwc["losses"] == again["losses"]  # same seed, same result
     assert nhwc["losses"] == pytest.approx(nchw["losses"], rel=1e-4)  # rounding apart, the same losses
 

@@ -20,6 +20,7 @@ from encnet.checkpoint import load_checkpoint, non_finite
 from encnet.config import TrainConfig, preset
 from encnet.errors import UserError
 from encnet.runs import RunFolder
+from encnet.sweep import sweep
 from encnet.teaching.processes import spawn
 
 
@@ -76,7 +77,7 @@ def test_a_held_folder_refuses_a_second_run_and_a_killed_run_leaves_nothing_behi
         with pytest.raises(UserError, match=named):
             engine.train(dataclasses.replace(tiny_config, out=str(tmp_path)), progress=False)
         with pytest.raises(UserError, match=named):
-            engine.sweep(tiny_config, alphas=[0.0], seeds=[0], out=tmp_path / "sweep.json", progress=False)
+            sweep(tiny_config, alphas=[0.0], seeds=[0], out=tmp_path / "sweep.json", progress=False)
         holder.stdin.write("go on\n")
         holder.stdin.flush()
         assert holder.wait(timeout=60) == -signal.SIGKILL
@@ -156,7 +157,7 @@ def test_a_diverging_run_exits_non_zero_naming_the_iteration_and_writes_no_check
 
 
 def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite(tmp_path, monkeypatch, tiny_config):
-    build = engine.build
+    build = TrainConfig.build_model
 
     def overflowing_statistics(config, num_classes, **options):
         """The model, whose first batch norm's running variance overflows at the 3rd forward pass (epoch 2)."""
@@ -171,7 +172,7 @@ def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite
         norm.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(engine, "build", overflowing_statistics)
+    monkeypatch.setattr(TrainConfig, "build_model", overflowing_statistics)
     with pytest.raises(engine.Diverged, match=r"diverged at iteration 3 of 4 \(epoch 2\): 1 parameter\(s\) or "
                                               r"buffer\(s\) hold NaN or infinite values \(backbone\..*running_var\)"
                                               r".*the last good checkpoint, .*checkpoint\.pt \(iteration 2\), is left"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encnet.data import SyntheticScenes
-from encnet.engine import load_trained
+from encnet.models import load_trained
 from encnet.teaching.scenes import ambiguous_accuracy, draw_scene, scene_picker
 
 matplotlib.use("Agg")

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from encnet.config import preset
-from encnet.engine import sweep
+from encnet.sweep import sweep
 from encnet.teaching.sweep import (
     alpha_explorer,
     alpha_view,

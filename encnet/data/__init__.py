@@ -9,13 +9,19 @@ name              class                        classes  needs
 ``"voc"``         :class:`PascalVOC`           21       ``root`` (+ SBD and scipy for ``aug``)
 ================  ===========================  =======  ==========================
 
-:func:`build_dataset` returns a split ready for training or validation.
+:func:`build_dataset` returns a split ready for training or validation; every
+class keeps the contract :class:`SegmentationDataset`, and
+:func:`dataset_options` lists the options each dataset takes (read from the
+signatures, so a new dataset needs no list of them kept by hand).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from . import transforms
@@ -25,7 +31,73 @@ from .pcontext import PascalContext
 from .synthetic import SyntheticScenes
 from .voc import PascalVOC
 
+
+@runtime_checkable
+class SegmentationDataset(Protocol):
+    """What a dataset of :data:`DATASETS` must be: a sized, indexable set of ``(image, mask)`` with named classes.
+
+    Attributes (on the class, so that they can be read without loading anything):
+        classes: the name of every class, in label order.
+        num_classes: ``len(classes)``; the labels of a mask are in ``[0, num_classes)`` or 255 (ignored).
+        palette: one ``(r, g, b)`` triple of ints in [0, 255] per class, in label order (for drawing masks).
+
+    Items, as :func:`build_dataset` gives them: ``(image, mask)`` with ``image`` a
+    float32 tensor ``(3, H, W)`` normalised with the ImageNet mean and std
+    (``transforms.IMAGENET_MEAN`` / ``IMAGENET_STD``) and ``mask`` an int64 tensor
+    ``(H, W)`` of labels in ``[0, num_classes)``, 255 for ignored pixels.
+
+    What the classes themselves return:
+
+    - the real datasets (:class:`ADE20K` and :class:`PascalContext`, on the shared base
+      ``folder.SegmentationFiles``, and :class:`PascalVOC`) take ``root``, ``split`` and
+      ``transforms``; item ``i`` is ``transforms(image, mask)``, and without transforms
+      ``(tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask int64 (H, W))`` at the file's
+      size, labels already in ``[0, num_classes)`` and 255 (ADE20K's "other" and
+      PASCAL-Context's background, stored as 0, are shifted to 255; VOC keeps its 255).
+      :func:`build_dataset` passes the transforms that crop, convert and normalise.
+    - :class:`SyntheticScenes` takes no transforms: it renders its items at their final
+      size, already as :func:`build_dataset` gives them (plain float32 normalised image
+      ``(3, S, S)``, int64 mask ``(S, S)``, no pixel ignored).
+
+    A new dataset keeps this contract, takes ``(root, split, transforms=None, **its options)``
+    and is added to :data:`DATASETS`; its keyword parameters are its options
+    (:func:`dataset_options`). ``isinstance(dataset, SegmentationDataset)`` checks that the
+    members exist, not their types or the items: the tests check those.
+    """
+
+    classes: tuple[str, ...]
+    num_classes: int
+    palette: tuple[tuple[int, int, int], ...]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]: ...
+
+
 DATASETS = {"synthetic": SyntheticScenes, "ade20k": ADE20K, "pcontext": PascalContext, "voc": PascalVOC}
+
+# The arguments build_dataset passes itself to a real dataset's class; its other keyword parameters are its options.
+_PASSED_TO_CLASSES = ("root", "split", "transforms")
+_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+    """The ``options`` of ``build_dataset(name, ...)``: ``{parameter name: its default}``, in signature order.
+
+    Read from the signatures, never kept by hand: for a real dataset, the keyword
+    parameters of its class in :data:`DATASETS` but ``root``, ``split`` and
+    ``transforms`` (``{"aug": False}`` for "voc"); for "synthetic", the keyword-only
+    parameters of the builder :func:`build_dataset` calls (``train_samples``,
+    ``val_samples``, ``image_size``, ``seed``). A parameter without a default maps to
+    ``inspect.Parameter.empty``. An unknown ``name`` is a ValueError, as in :func:`build_dataset`.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    if name == "synthetic":
+        parameters = inspect.signature(_synthetic).parameters.values()
+        return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    parameters = inspect.signature(DATASETS[name]).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind in _KEYWORD_KINDS and p.name not in _PASSED_TO_CLASSES}
 
 
 def build_dataset(
@@ -90,8 +162,10 @@ __all__ = [
     "DATASETS",
     "PascalContext",
     "PascalVOC",
+    "SegmentationDataset",
     "SyntheticScenes",
     "build_dataset",
+    "dataset_options",
     "transforms",
     "voc_colormap",
 ]

@@ -3,7 +3,7 @@
 - :class:`KeyedAugmentation`: ``dataset[(epoch, index)]``, sample ``index``
   augmented with draws that depend on ``(seed, epoch, index)`` only.
 - :func:`whole_images`: a split as full images, normalised and nothing else,
-  for :func:`encnet.engine.evaluate`.
+  for :func:`encnet.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class KeyedAugmentation(Dataset):
 
 
 def whole_images(name: str, split: str, *, root: str | None, options: dict[str, Any]) -> Dataset:
-    """``split`` of dataset ``name`` as whole images, normalised and nothing else, for :func:`encnet.engine.evaluate`.
+    """``split`` of dataset ``name`` as whole images, normalised and nothing else, for evaluation.
 
     ``build_dataset``'s validation view is a central crop, for quick checks
     during training; the evaluation scores every pixel of the images.

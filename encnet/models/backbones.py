@@ -74,9 +74,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import Conv2dNormActivation
 
-from ..checkpoint import load_model_state
+from ..checkpoint import load_model_state, read_torch_file
 from ..errors import UserError
-from .files import read_file
 from .zoo import published_backbone
 
 NormLayer = Callable[[int], nn.Module]
@@ -250,7 +249,7 @@ def dilated_resnet(
                 f"weights_backbone={str(weights)!r} is not a file; pass the path of a .pth state dict, "
                 "an ImageNet weights name (e.g. 'IMAGENET1K_V1', or 'resnet50s' for the deep-stem backbones), or None"
             )
-        state_dict = read_file(weights)
+        state_dict = read_torch_file(weights)
     elif name in _IMAGENET_WEIGHTS or name == "small":  # torchvision's enums (the small one has none)
         state_dict = _download(_imagenet_weights(name, weights))
     else:

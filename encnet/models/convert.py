@@ -42,11 +42,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import FORMAT, UNCHECKED_FORMAT, CheckpointError, checksum, load_model_state
+from ..checkpoint import (
+    FORMAT,
+    UNCHECKED_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    read_torch_file,
+    verify_checksum,
+)
 from ..data import DATASETS
 from ..errors import UserError
+from ..inference import Protocol
 from . import zoo
-from .files import read_file
 from .segmentation import build_model
 from .zoo import Published
 
@@ -137,12 +145,10 @@ def _rename(state: StateDict, table: tuple[tuple[str, str], ...], dropped: tuple
     return renamed
 
 
-def _layout(checkpoint: Any) -> tuple[str, StateDict]:
-    """(layout name, the file's tensors) of a loaded checkpoint."""
+def _key_layout(checkpoint: Any, source: str) -> tuple[str, StateDict]:
+    """(key layout name, the file's tensors) of a loaded checkpoint."""
     if isinstance(checkpoint, dict) and checkpoint.get("format") in (FORMAT, UNCHECKED_FORMAT):
-        if checkpoint["format"] == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
-            raise CheckpointError("the encnet checkpoint's tensors do not match its checksum: the file is corrupt "
-                                  "(bytes changed since it was written); use another copy or an earlier checkpoint")
+        verify_checksum(checkpoint, source)
         return "encnet", checkpoint["model"]
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
@@ -239,6 +245,10 @@ def from_checkpoint(
 ) -> nn.Module:
     """The segmentation model of a checkpoint of encnet, PyTorch-Encoding or mmsegmentation, in eval mode.
 
+    A ``checkpoint.pt`` of ``encnet train`` is rebuilt from its saved config (any
+    registered model, :mod:`encnet.models.registry`); a bare state dict and the
+    publishers' files, which carry no config, from their tensors (FCN or EncNet).
+
     Args:
         path_or_state: a file, or what ``torch.load`` returned for one.
         num_classes: if given, the class count the checkpoint must have (an error otherwise).
@@ -249,31 +259,59 @@ def from_checkpoint(
     The model returns ``{"out", "aux"?, "se"?}`` like every encnet model, upsampled
     with the publisher's ``align_corners`` (True for PyTorch-Encoding). Its
     ``publisher`` attribute names whose layout the file had, ``num_classes`` its
-    class count; ``classes`` are the
+    class count, ``protocol`` its test (:class:`encnet.inference.Protocol`: the
+    publisher's, or sliding windows of the training crop); ``classes`` are the
     class names (an encnet checkpoint's own, else those of the dataset with
     that many classes: ADE20K 150, PASCAL-Context 59, VOC 21; None otherwise).
     """
     source = "the given state dict" if isinstance(path_or_state, dict) else repr(str(path_or_state))
-    checkpoint = path_or_state if isinstance(path_or_state, dict) else read_file(
+    checkpoint = path_or_state if isinstance(path_or_state, dict) else read_torch_file(
         path_or_state, map_location=map_location, allow=allow)
-    layout, state = _layout(checkpoint)
+    layout, state = _key_layout(checkpoint, source)
     state = to_encnet_keys(layout, state)
-    options = architecture(state)
-    if num_classes is not None and num_classes != options["num_classes"]:
+    if layout == "encnet" and "config" in checkpoint:  # a run of this package: any registered model
+        model, config = _from_config(checkpoint)
+        found, protocol = checkpoint["num_classes"], Protocol(crop_size=config.crop_size)
+    else:  # a bare state dict, or a publisher's file: the architecture is read off the tensors
+        options = architecture(state)
+        found = options["num_classes"]
+        model = build_model(options.pop("model"), options.pop("backbone"), **options,
+                            align_corners=layout == "reference")
+        protocol = {"reference": zoo.REFERENCE, "mmseg": zoo.MMSEG_ADE20K}.get(layout, Protocol())
+    if num_classes is not None and num_classes != found:
         raise CheckpointError(
-            f"{source} holds a model for {options['num_classes']} classes, not num_classes={num_classes}; "
-            f"pass num_classes={options['num_classes']} (or none), or a checkpoint trained on your dataset"
+            f"{source} holds a model for {found} classes, not num_classes={num_classes}; "
+            f"pass num_classes={found} (or none), or a checkpoint trained on your dataset"
         )
-    model = build_model(options.pop("model"), options.pop("backbone"), **options,
-                        align_corners=layout == "reference")
     load_model_state(model, state, what=f"the weights of {source}",
                      target="the model built from them", counters_optional=True,
                      hint="the head differs from the EncNet/FCN heads encnet builds (head width C/4, one-conv "
                           "auxiliary head)")
-    model.publisher, model.num_classes = PUBLISHERS[layout], options["num_classes"]
+    model.publisher, model.num_classes, model.protocol = PUBLISHERS[layout], found, protocol
     model.classes = tuple(checkpoint["classes"]) if layout == "encnet" and "classes" in checkpoint else next(
-        (dataset.classes for dataset in DATASETS.values() if dataset.num_classes == options["num_classes"]), None)
+        (dataset.classes for dataset in DATASETS.values() if dataset.num_classes == found), None)
     return model.eval()
+
+
+def _from_config(checkpoint: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """(the model a checkpoint of this package describes, untrained; its :class:`~encnet.config.TrainConfig`)."""
+    from ..config import TrainConfig  # encnet.config imports encnet.models
+
+    config = TrainConfig.from_dict(checkpoint["config"])
+    return config.build_model(checkpoint["num_classes"], pretrained=False), config
+
+
+def load_trained(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Any, dict]:
+    """``(model, config, checkpoint)`` of a ``checkpoint.pt`` written by ``encnet train``; the model in eval mode.
+
+    The model is rebuilt from the checkpoint's :class:`~encnet.config.TrainConfig`
+    (any registered model) and loaded strictly; ``checkpoint`` is what
+    :func:`encnet.checkpoint.load_checkpoint` returned (checksum checked).
+    """
+    checkpoint = load_checkpoint(path)
+    model, config = _from_config(checkpoint)
+    load_model_state(model, upgrade_keys(checkpoint["model"]))
+    return model.to(device).eval(), config, checkpoint
 
 
 def load_weights(

@@ -21,15 +21,19 @@ backbone).
 Both are a :class:`SegmentationModel`: backbone + head + optional auxiliary
 head, the head mapping the stages to ``{"out", "se"?}``. ``model.backbone`` is
 the part that can start from ImageNet weights; everything else is the head,
-trained at 10x the backbone's learning rate. Each model's own options
-(:data:`MODEL_OPTIONS`: EncNet's ``lateral`` and ``num_codes``) are what
-``TrainConfig.model_options`` may set.
+trained at 10x the backbone's learning rate. Each head is registered once
+(:mod:`encnet.models.registry`); its keyword options (EncNet's ``lateral`` and
+``num_codes``) are what ``TrainConfig.model_options`` may set, and
+:func:`build_model` builds any registered model on any backbone.
+
+On the small CPU backbone (1.3M parameters in all for 17 to 150 classes), the
+receptive field of an FCN output pixel is 91 px: 75 px of the backbone plus the
+head's 3x3 conv at stride 8; EncNet's pixels see the same 91 px through their
+convolutions, and the whole image through the Context Encoding Module.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +44,7 @@ from torchvision.ops import Conv2dNormActivation
 from ..errors import UserError
 from ..nn import ContextEncoding
 from .backbones import STAGE_CHANNELS, NormLayer, WeightsBackbone, dilated_resnet
+from .registry import check_model_options, get_model, register_model
 
 
 class FCNHead(nn.Sequential):
@@ -150,230 +155,61 @@ class EncNet(SegmentationModel):
     """
 
 
-def _channels(backbone: str, num_classes: int) -> dict[str, int]:
-    """The stage channels of ``backbone``, after checking ``num_classes``."""
-    if not isinstance(num_classes, int) or num_classes < 1:
+@register_model("fcn", model_class=FCN)
+def fcn_head(channels: dict[str, int], num_classes: int, *, norm_layer: NormLayer = nn.BatchNorm2d) -> FCNHead:
+    """Dilated FCN, the paper's baseline: an :class:`FCNHead` on c4."""
+    return FCNHead(channels["c4"], num_classes, norm_layer=norm_layer)
+
+
+register_model("encnet", model_class=EncNet)(EncHead)
+
+
+def build_model(
+    model: str,
+    backbone: str,
+    *,
+    num_classes: int,
+    weights_backbone: WeightsBackbone = None,
+    aux: bool = True,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+    align_corners: bool = False,
+    **options: Any,
+) -> SegmentationModel:
+    """The registered ``model`` on a dilated ``backbone``: ``build_model("encnet", "resnet50s", num_classes=150)``.
+
+    Args:
+        model: a name of :func:`encnet.models.list_models` ("fcn", "encnet", ...).
+        backbone: one of :data:`encnet.models.STAGE_CHANNELS` ("resnet50", "resnet50s",
+            "resnet50_v1c", their 101-layer versions, "small").
+        num_classes: classes per pixel.
+        weights_backbone: None, ImageNet weights of the backbone (for ResNet-50/101 a
+            torchvision enum or name, e.g. ``"IMAGENET1K_V1"``; for the deep-stem
+            backbones the publisher's name, e.g. ``"resnet50s"``) or a local file.
+        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``).
+        norm_layer: every BatchNorm2d of the model (``encnet.nn.SyncBatchNorm`` for multi-GPU).
+        align_corners: of the final bilinear upsampling.
+        options: the head's own options (``get_model(model).options``: EncNet's
+            ``lateral`` and ``num_codes``), and ``se_loss`` for a head with an SE branch.
+
+    ``encnet.models.encnet_resnet50s(num_classes=150)`` and the other
+    ``<model>_<backbone>`` names, torchvision's style, are this function with its
+    first two arguments given.
+    """
+    spec = get_model(model)
+    if backbone not in STAGE_CHANNELS:
+        raise UserError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(STAGE_CHANNELS)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(
             f"num_classes must be a positive int, got {num_classes!r}; "
             "use the dataset's num_classes (e.g. 150 for ADE20K, 59 for PASCAL-Context)"
         )
-    return STAGE_CHANNELS[backbone]
-
-
-def _fcn(
-    backbone: str,
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    align_corners: bool = False,
-) -> FCN:
-    channels = _channels(backbone, num_classes)
-    return FCN(
+    if "se_loss" in options and not spec.se_branch:
+        raise UserError(f"the {model} model has no SE branch, so no se_loss option; leave it out")
+    check_model_options(model, {name: value for name, value in options.items() if name != "se_loss"})
+    channels = STAGE_CHANNELS[backbone]
+    return spec.model_class(
         dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
-        FCNHead(channels["c4"], num_classes, norm_layer=norm_layer),
+        spec.head(channels, num_classes, norm_layer=norm_layer, **options),
         FCNHead(channels["c3"], num_classes, stage="c3", norm_layer=norm_layer) if aux else None,
         align_corners=align_corners,
     )
-
-
-def _encnet(
-    backbone: str,
-    *,
-    num_classes: int,
-    weights_backbone: WeightsBackbone = None,
-    aux: bool = True,
-    se_loss: bool = True,
-    lateral: bool = False,
-    num_codes: int = 32,
-    norm_layer: NormLayer = nn.BatchNorm2d,
-    align_corners: bool = False,
-) -> EncNet:
-    channels = _channels(backbone, num_classes)
-    head = EncHead(
-        channels, num_classes, num_codes=num_codes, se_loss=se_loss, lateral=lateral, norm_layer=norm_layer
-    )
-    return EncNet(
-        dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
-        head,
-        FCNHead(channels["c3"], num_classes, stage="c3", norm_layer=norm_layer) if aux else None,
-        align_corners=align_corners,
-    )
-
-
-def fcn_resnet50(**kwargs) -> FCN:
-    """Dilated FCN on ResNet-50 (output stride 8), the paper's baseline.
-
-    Keyword arguments (the same for every FCN builder):
-        num_classes: classes per pixel (required).
-        weights_backbone: None, ImageNet weights of the backbone (for ResNet-50 a
-            torchvision enum or name, e.g. ``"IMAGENET1K_V1"``; for the deep-stem
-            backbones the publisher's name, e.g. ``"resnet50s"``) or a local file.
-        aux: add the auxiliary FCN head on stage 3 (output ``"aux"``); default True.
-        norm_layer: every BatchNorm2d of the model (``encnet.nn.SyncBatchNorm`` for multi-GPU).
-        align_corners: of the final bilinear upsampling; default False.
-    """
-    return _fcn("resnet50", **kwargs)
-
-
-def fcn_resnet101(**kwargs) -> FCN:
-    """Dilated FCN on ResNet-101 (output stride 8). Arguments as :func:`fcn_resnet50`."""
-    return _fcn("resnet101", **kwargs)
-
-
-def fcn_small(**kwargs) -> FCN:
-    """Dilated FCN on the small CPU backbone (1.3M parameters in all for 17 to 150 classes).
-
-    The receptive field of an output pixel is 91 px: 75 px of the backbone plus
-    the head's 3x3 conv at stride 8.
-
-    Arguments as :func:`fcn_resnet50`; there are no ImageNet weights for this
-    backbone, only a local state dict.
-    """
-    return _fcn("small", **kwargs)
-
-
-def encnet_resnet50(**kwargs) -> EncNet:
-    """EncNet on a dilated ResNet-50 (output stride 8).
-
-    Keyword arguments (the same for every EncNet builder): those of
-    :func:`fcn_resnet50`, and
-        se_loss: add the SE branch (output ``"se"``, one logit per class); default True.
-        lateral: fuse stages 2 and 3 into the head (used on PASCAL datasets); default False.
-        num_codes: codewords ``K`` of the Encoding Layer; default 32.
-    (``lateral`` and ``num_codes`` are the head options of :data:`MODEL_OPTIONS`.)
-    The BatchNorm1d over the codes is converted by ``encnet.nn.convert_sync_batchnorm``.
-    """
-    return _encnet("resnet50", **kwargs)
-
-
-def encnet_resnet101(**kwargs) -> EncNet:
-    """EncNet on a dilated ResNet-101 (output stride 8). Arguments as :func:`encnet_resnet50`."""
-    return _encnet("resnet101", **kwargs)
-
-
-def encnet_small(**kwargs) -> EncNet:
-    """EncNet on the small CPU backbone (head width 128, 1.3M parameters in all for 17 to 150 classes).
-
-    Each pixel sees 91 px through its convolutions, and the whole image through
-    the Context Encoding Module.
-
-    Arguments as :func:`encnet_resnet50`; there are no ImageNet weights for this
-    backbone, only a local state dict.
-    """
-    return _encnet("small", **kwargs)
-
-
-def fcn_resnet50s(**kwargs) -> FCN:
-    """Dilated FCN on ResNet-50s, the reference's deep-stem backbone (the paper's).
-
-    Arguments as :func:`fcn_resnet50`.
-    """
-    return _fcn("resnet50s", **kwargs)
-
-
-def fcn_resnet101s(**kwargs) -> FCN:
-    """Dilated FCN on ResNet-101s (deep stem). Arguments as :func:`fcn_resnet50`."""
-    return _fcn("resnet101s", **kwargs)
-
-
-def fcn_resnet50_v1c(**kwargs) -> FCN:
-    """Dilated FCN on mmsegmentation's ResNetV1c-50 (stem 3->32->32->64). Arguments as :func:`fcn_resnet50`."""
-    return _fcn("resnet50_v1c", **kwargs)
-
-
-def fcn_resnet101_v1c(**kwargs) -> FCN:
-    """Dilated FCN on mmsegmentation's ResNetV1c-101. Arguments as :func:`fcn_resnet50`."""
-    return _fcn("resnet101_v1c", **kwargs)
-
-
-def encnet_resnet50s(**kwargs) -> EncNet:
-    """EncNet on ResNet-50s, the reference's deep-stem backbone (the paper's). Arguments as :func:`encnet_resnet50`."""
-    return _encnet("resnet50s", **kwargs)
-
-
-def encnet_resnet101s(**kwargs) -> EncNet:
-    """EncNet on ResNet-101s (deep stem). Arguments as :func:`encnet_resnet50`."""
-    return _encnet("resnet101s", **kwargs)
-
-
-def encnet_resnet50_v1c(**kwargs) -> EncNet:
-    """EncNet on mmsegmentation's ResNetV1c-50 (stem 3->32->32->64). Arguments as :func:`encnet_resnet50`."""
-    return _encnet("resnet50_v1c", **kwargs)
-
-
-def encnet_resnet101_v1c(**kwargs) -> EncNet:
-    """EncNet on mmsegmentation's ResNetV1c-101. Arguments as :func:`encnet_resnet50`."""
-    return _encnet("resnet101_v1c", **kwargs)
-
-
-_BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
-    "fcn": {
-        "resnet50": fcn_resnet50, "resnet101": fcn_resnet101, "resnet50s": fcn_resnet50s,
-        "resnet101s": fcn_resnet101s, "resnet50_v1c": fcn_resnet50_v1c,
-        "resnet101_v1c": fcn_resnet101_v1c, "small": fcn_small,
-    },
-    "encnet": {
-        "resnet50": encnet_resnet50, "resnet101": encnet_resnet101, "resnet50s": encnet_resnet50s,
-        "resnet101s": encnet_resnet101s, "resnet50_v1c": encnet_resnet50_v1c,
-        "resnet101_v1c": encnet_resnet101_v1c, "small": encnet_small,
-    },
-}
-MODELS = tuple(_BUILDERS)
-"""The model names :func:`build_model` accepts."""
-
-
-def _defaults(builder: Callable[..., nn.Module], names: tuple[str, ...]) -> dict[str, Any]:
-    parameters = inspect.signature(builder).parameters
-    return {name: parameters[name].default for name in names}
-
-
-MODEL_OPTIONS: dict[str, dict[str, Any]] = {
-    "fcn": {},
-    "encnet": _defaults(_encnet, ("lateral", "num_codes")),
-}
-"""Each model's head options and their defaults: what ``TrainConfig.model_options`` may set.
-
-A new head adds its builders to ``_BUILDERS``, its options here and, if it has
-an SE branch (it takes ``se_loss`` and is trained with the SE-loss), its name to
-:data:`SE_BRANCH`; training, the config and the command line read these.
-"""
-
-SE_BRANCH: frozenset[str] = frozenset({"encnet"})
-"""The models with an SE branch: built with ``se_loss=se_weight > 0``."""
-
-
-def check_model_options(model: str, options: dict[str, Any]) -> None:
-    """Raise :class:`UserError` unless ``options`` are head options of ``model`` with valid values.
-
-    A flag (default True or False) must be a bool, a count (default an int) a positive int.
-    """
-    valid = MODEL_OPTIONS[model]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise UserError(
-            f"model_options {unknown} are not options of the {model} model (its options: "
-            f"{', '.join(valid) or 'none'}); they may come with a preset of another model: start from a "
-            f"preset of {model}, or leave them out"
-        )
-    for name, value in options.items():
-        flag = isinstance(valid[name], bool)
-        if flag and not isinstance(value, bool):
-            raise UserError(f"model_options {name!r} of {model} must be true or false, got {value!r}")
-        if not flag and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UserError(f"model_options {name!r} of {model} must be a positive integer, got {value!r}")
-
-
-def build_model(model: str, backbone: str, **kwargs) -> SegmentationModel:
-    """``build_model("encnet", "resnet50", num_classes=150)`` = ``encnet_resnet50(num_classes=150)``.
-
-    ``model`` is one of :data:`MODELS` ("fcn", "encnet"), ``backbone`` one of
-    :data:`encnet.models.STAGE_CHANNELS` ("resnet50", "resnet50s", "resnet50_v1c",
-    their 101-layer versions, "small"); ``kwargs`` go to the builder.
-    """
-    if model not in _BUILDERS:
-        raise UserError(f"unknown model {model!r}; valid models: {', '.join(_BUILDERS)}")
-    if backbone not in _BUILDERS[model]:
-        raise UserError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(_BUILDERS[model])}")
-    return _BUILDERS[model][backbone](**kwargs)

@@ -33,45 +33,18 @@ from urllib.parse import urlparse
 
 import torch
 
+from ..checkpoint import read_torch_file
 from ..data import DATASETS
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
-from .files import read_file
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How a publisher evaluates, for :func:`encnet.inference.predict_protocol`.
-
-    Attributes:
-        fit: resize each image to fit in (long, short) keeping its aspect ratio
-            (mmsegmentation's ``Resize(scale=(2048, 512), keep_ratio=True)``), or None.
-        base_size: resize the long side to ``base_size * scale`` (PyTorch-Encoding), or None.
-        crop_size: sliding-window size (windows padded to it), or None for whole-image inference.
-        stride_rate: window stride as a fraction of ``crop_size``.
-        scales: the multi-scale factors (of ``fit`` or of ``base_size``) for ``--ms``.
-        flip: add horizontally flipped views with ``--ms``.
-        align_corners: of the bilinear resizes of the image and the logits.
-        combine: "probabilities" (average the softmax of the views) or "logits"
-            (sum the logits), see :func:`encnet.inference.predict_protocol`.
-    """
-
-    fit: tuple[int, int] | None = None
-    base_size: int | None = None
-    crop_size: int | None = None
-    stride_rate: float = 2 / 3
-    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-    flip: bool = True
-    align_corners: bool = False
-    combine: str = "probabilities"
-
+from ..inference import Protocol
 
 MMSEG_ADE20K = Protocol(fit=(2048, 512))
 """mmsegmentation's ADE20K test (``configs/_base_/datasets/ade20k.py``): fit in 2048 x 512, whole image,
-logits resized to the original size; ms (0.x ``--aug-test``, which produced the published figures):
-fit in (2048 r, 512 r) for r in 0.5-1.75, + flip, softmax maps averaged."""
+logits resized to the original size; ``.multi_scale()`` (0.x ``--aug-test``, which produced the published
+figures): fit in (2048 r, 512 r) for r in 0.5-1.75, + flip, softmax maps averaged."""
 
-REFERENCE = Protocol(base_size=520, crop_size=480, align_corners=True, combine="exp")
+REFERENCE = Protocol(base_size=520, crop_size=480, edge="pad", align_corners=True, combine="exp")
 """PyTorch-Encoding's test (``experiments/segmentation/test.py``, ``MultiEvalModule``): long side
 ceil(520 x scale), padded 480 windows at stride 320, exp(logits + flipped logits) averaged over windows
 and summed over the scales 0.5-1.75. Its ``--model-zoo`` test uses base 520 / crop 480 for every model."""
@@ -87,7 +60,7 @@ class Published:
     kind: str
     backbone: str
     dataset: str | None = None
-    protocol: Protocol | None = None
+    protocol: Protocol | None = None  # its single-scale test; .multi_scale() for the published ms figures
     sha1: str | None = None
     figures: dict[str, float] = field(default_factory=dict)
     source: str = ""
@@ -215,4 +188,4 @@ def published_backbone(backbone: str, name: Any) -> dict:
             f"unknown weights {name!r} for backbone {backbone!r}; valid names: {', '.join(names) or 'none'}, "
             "or the path of a local file of this backbone"
         )
-    return read_file(PUBLISHED[name].fetch())
+    return read_torch_file(PUBLISHED[name].fetch())

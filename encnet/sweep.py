@@ -1,0 +1,158 @@
+"""The SE-loss weight sweep: many training runs, one resumable JSON file.
+
+    from encnet.config import preset
+    from encnet.sweep import sweep
+    result = sweep(preset("synthetic"), alphas=[0.0, 0.2, 0.8], seeds=[0, 1, 2], with_fcn=True,
+                   out="runs/sweep.json", jobs=2)
+
+Every run is :func:`encnet.engine.train` on the base config with ``se_weight``,
+``seed`` (and ``model``) replaced and no files of its own; the sweep file holds
+each run's metrics and history (no weights), is rewritten after each run, and
+is read back on a restart, so an interrupted sweep continues where it stopped.
+``jobs`` > 1 trains runs side by side, each in a process of its own
+(``encnet sweep --jobs 2``). :mod:`encnet.ablation` reads the file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .distributed import on_rank_zero, setup_process, show_progress
+from .engine import train
+from .errors import UserError
+from .models import get_model
+from .runs import RunFolder, write_json
+
+_RUN_KEYS = ("model", "se_weight", "seed")  # what identifies a run of a sweep
+
+
+def sweep(
+    config: TrainConfig,
+    *,
+    alphas: list[float],
+    seeds: list[int],
+    with_fcn: bool = False,
+    out: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """The SE-loss weight sweep: train EncNet with ``se_weight = alpha`` for every alpha and seed.
+
+    ``with_fcn`` adds an FCN run per seed, so the ablation table (FCN, EncNet
+    (alpha = 0), EncNet + SE-loss) comes from one file. Every run is ``config``
+    with ``se_weight``, ``seed`` (and ``model``) replaced and no files of its own.
+    ``out``: a JSON file, rewritten after each run; runs it already holds (for
+    the same base config) are not trained again, so an interrupted sweep
+    continues where it stopped. The sweep holds the lock of the folder ``out``
+    is in (:class:`encnet.runs.RunFolder`). ``jobs`` > 1 trains that many runs at
+    once, each in its own process with ``torch.get_num_threads() // jobs``
+    threads (small models use two CPU cores better as two 1-thread runs than as
+    one 2-thread run; ``benchmarks/train.py`` measures it); a run's result
+    depends on its seed, not on the job that trained it, though a run on fewer
+    threads may round differently. ``progress``: one bar over the runs (and,
+    with ``jobs=1``, each run's own bars). Returns what the file holds::
+
+        {"config": base config, "alphas": [...], "seeds": [...],
+         "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
+    """
+    base = dataclasses.replace(config, out=None, resume=None)
+    result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
+    rank, world, _ = setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
+    if not isinstance(jobs, int) or jobs < 1 or (jobs > 1 and world > 1):
+        raise UserError(f"jobs must be a positive integer, and 1 under torchrun (here {world} processes), got "
+                        f"{jobs!r}; pass jobs=1, or run the sweep without torchrun")
+    folder = None if out is None else on_rank_zero(lambda: RunFolder(Path(out).parent).lock())
+    with folder or contextlib.nullcontext():
+        result["runs"] = on_rank_zero(lambda: read_sweep_file(out, base))
+        if dist.is_initialized():  # the other ranks follow rank 0's file
+            shared = [result["runs"]]
+            dist.broadcast_object_list(shared, src=0)
+            result["runs"] = shared[0]
+        planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
+        planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
+        done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
+        todo = [_sweep_config(base, model, alpha, seed) for model, alpha, seed in planned
+                if (model, alpha, seed) not in done]
+        bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run",
+                   disable=not show_progress(progress, rank))
+        for record in _sweep_runs(todo, jobs, progress=progress if jobs == 1 else False):
+            result["runs"].append(record)
+            bar.update()
+            bar.set_postfix_str(f"{record['model']} alpha={record['se_weight']:g} seed {record['seed']}: "
+                                f"mIoU {100 * record['mIoU']:.2f}%")
+            if folder is not None:
+                write_json(out, result)
+        bar.close()
+    return result
+
+
+def _sweep_config(base: TrainConfig, model: str, alpha: float, seed: int) -> TrainConfig:
+    """One run of a sweep: ``base`` with its model (keeping the options that model takes), alpha and seed."""
+    takes = get_model(model).options
+    options = {name: value for name, value in base.model_options.items() if name in takes}
+    return dataclasses.replace(base, model=model, model_options=options, se_weight=alpha, seed=seed)
+
+
+def _sweep_runs(configs: list[TrainConfig], jobs: int, *, progress: bool | None):
+    """Train ``configs``, ``jobs`` at a time; yield each run's sweep record as it finishes."""
+    if jobs == 1:
+        yield from (_sweep_record(config, progress=progress) for config in configs)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from the caller's
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
+                                                  initargs=(threads,))
+    try:
+        pending = [pool.submit(_sweep_record, config, progress=False) for config in configs]
+        for future in concurrent.futures.as_completed(pending):
+            yield future.result()
+    finally:  # after an error (or an interrupt), the runs not started yet are dropped, not trained
+        pool.shutdown(cancel_futures=True)
+
+
+def _sweep_record(config: TrainConfig, *, progress: bool | None) -> dict[str, Any]:
+    """Train one run of a sweep; its record in the sweep file (metrics and history, no weights)."""
+    run = train(config, progress=progress)
+    return {"model": config.model, "se_weight": config.se_weight, "seed": config.seed, **run["metrics"],
+            "history": run["history"]}
+
+
+def read_sweep_file(out: str | os.PathLike | None, base: TrainConfig) -> list[dict[str, Any]]:
+    """The runs a sweep file already holds, if it is a sweep of ``base``; [] for a new file.
+
+    Raises :class:`UserError` for a file that is not a sweep of encnet, or a sweep of another config.
+    """
+    if out is None or not Path(out).is_file():
+        return []
+    expected = ('the JSON object {"config": {...}, "alphas": [...], "seeds": [...], "runs": [{"model", '
+                '"se_weight", "seed", ...}, ...]} that `encnet sweep` writes')
+    try:
+        previous = json.loads(Path(out).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{str(out)!r} is not JSON ({error}); expected {expected}, or a new file: pass another "
+                        "--out") from None
+    try:
+        runs, config = previous["runs"], TrainConfig.from_dict(previous["config"])
+        if not isinstance(runs, list) or not all(isinstance(run, dict) and all(key in run for key in _RUN_KEYS)
+                                                 for run in runs):
+            raise TypeError("runs is not a list of records with " + ", ".join(_RUN_KEYS))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{str(out)!r} is not a sweep file of encnet ({type(error).__name__}: {error}); it should be "
+                        f"{expected}: pass another --out, or delete the file to start over") from None
+    if config != base:
+        raise UserError(
+            f"{str(out)!r} holds a sweep of another config; pass another --out, or delete the file to start over"
+        )
+    return runs
