@@ -162,7 +162,7 @@ def _overridden(start: TrainConfig, args: argparse.Namespace, **fields) -> Train
     """
     names = {field.name for field in dataclasses.fields(TrainConfig)} - {"out", "resume"}
     overrides = {name: value for name, value in vars(args).items() if name in names}
-    if "model" in overrides:
+    if "model" in overrides and "model_options" not in overrides:
         takes = get_model(overrides["model"]).options if overrides["model"] in list_models() else {}
         overrides["model_options"] = {name: value for name, value in start.model_options.items() if name in takes}
     return dataclasses.replace(start, **overrides, **fields)

@@ -1,6 +1,6 @@
 """The paper's SE-loss ablation read from a sweep file: its rows, their mean and spread over seeds.
 
-A sweep file is what :func:`encnet.engine.sweep` writes::
+A sweep file is what :func:`encnet.sweep.sweep` writes::
 
     {"config": base config, "alphas": [...], "seeds": [...],
      "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
@@ -50,7 +50,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         sweep = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the sweep file {str(path)!r} ({error}); expected the JSON that "
-                        "`encnet sweep` (or encnet.engine.sweep) writes: check the path or run the sweep") from None
+                        "`encnet sweep` (or encnet.sweep.sweep) writes: check the path or run the sweep") from None
     if not isinstance(sweep, dict) or not isinstance(sweep.get("runs"), list):
         raise UserError(f"{str(path)!r} is not a sweep file: expected a JSON object with a list of runs, as "
                         "`encnet sweep` writes; check the path")

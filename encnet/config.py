@@ -199,7 +199,8 @@ def _moved_model_options(values: dict[str, Any]) -> dict[str, Any]:
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise UserError(f"unknown {name} {value!r}; valid {name}s: {', '.join(valid)}")
+        plural = f"{name}es" if name.endswith("s") else f"{name}s"
+        raise UserError(f"unknown {name} {value!r}; valid {plural}: {', '.join(valid)}")
 
 
 def _check_dataset_options(dataset: str, options: dict[str, Any]) -> None:

@@ -11,9 +11,9 @@ The artefacts, under ``notebooks/`` (or ``DIR``):
   scenes. Each is its run's checkpoint with the optimiser's momentum, the
   scheduler and the random generators emptied (only resuming the training needs
   them; they would double the file) and no run folder (``config.out`` is None):
-  ``encnet.engine.load_trained`` and ``encnet evaluate`` read them like any checkpoint.
+  ``encnet.models.load_trained`` and ``encnet evaluate`` read them like any checkpoint.
 - ``results/se_loss_sweep.json`` (notebook 03): the SE-loss sweep of
-  ``encnet.engine.sweep``, an FCN and an EncNet for every SE-loss weight alpha,
+  ``encnet.sweep.sweep``, an FCN and an EncNet for every SE-loss weight alpha,
   for every seed.
 - ``results/se_loss_long.json`` (notebook 03): the same three models of the
   ablation (FCN, EncNet, EncNet + SE-loss) trained for 3x the epochs.

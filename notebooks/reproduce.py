@@ -10,7 +10,7 @@ build/reproduce_phases.json, which ``benchmarks/train.py`` prints):
 1. Training (skipped with ``--fast``): FCN, EncNet (alpha = 0) and EncNet +
    SE-loss (alpha = 0.2), seeds 0, 1 and 2, from scratch, with the
    ``synthetic`` preset, into build/results/se_loss_sweep.json, two runs at a
-   time on one thread each (``encnet.engine.sweep(..., jobs=2)``), one progress
+   time on one thread each (``encnet.sweep.sweep(..., jobs=2)``), one progress
    bar over the runs. The file is rewritten after each run, so a second call
    after an interruption trains only the missing runs. The committed results
    in notebooks/results/ are never written.

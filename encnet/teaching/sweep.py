@@ -1,6 +1,6 @@
 r"""Notebook 03's two widgets on an SE-loss sweep file: the alpha explorer and the training panel.
 
-A sweep file (:func:`encnet.engine.sweep`, read with :func:`encnet.ablation.load`)
+A sweep file (:func:`encnet.sweep.sweep`, read with :func:`encnet.ablation.load`)
 holds runs of FCN and of EncNet at several SE-loss weights :math:`\alpha` and
 seeds. For the :math:`M = 17` classes of ``SyntheticScenes`` each run stores its
 per-class validation IoU, :math:`\mathrm{IoU}_c = TP_c / (TP_c + FP_c + FN_c)`.
