@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import zoo
+from . import receptive, zoo  # receptive: registers the "aspp" and "pool" heads
 from .backbones import STAGE_CHANNELS, SlimBottleneck, backbone_state_dict, dilated_resnet
 from .convert import from_checkpoint, load_trained, load_weights
 from .registry import ModelSpec, check_model_options, get_model, list_models, register_model
@@ -35,6 +35,7 @@ __all__ = [
     "list_models",
     "load_trained",
     "load_weights",
+    "receptive",
     "register_model",
     "zoo",
 ]
