@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from .checkpoint import check_compatible, load_checkpoint
 from .config import BACKBONES, DATASETS, PRESETS, TrainConfig, preset
 from .data import voc_colormap
 from .data.check import check_dataset, check_files
+from .data.folder import MAX_PIXELS, open_image
 from .data.wrappers import whole_images
 from .distributed import setup_process
 from .errors import UserError, one_line
@@ -47,13 +49,19 @@ from .evaluation import evaluate
 from .inference import MULTI_SCALES, Protocol
 from .losses import LOSSES
 from .models import get_model, list_models, load_trained, load_weights, zoo
-from .runs import write_json
+from .runs import check_writable, write_json
 from .sweep import sweep as sweep_runs
 
 
 def _none_or(kind: type) -> Callable[[str], Any]:
     """A flag's type for a field that may be None: "none" gives None, anything else ``kind(value)``."""
     return lambda value: None if value.lower() == "none" else kind(value)
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
 
 
 def _json_object(value: str) -> dict[str, Any]:
@@ -147,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--aug", action="store_true", help="voc: the training set with the SBD masks")
     check.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
+    for name in ("train", "evaluate", "predict", "sweep", "check-data"):
+        commands.choices[name].add_argument(
+            "--max-pixels", type=_positive_int, default=argparse.SUPPRESS, metavar="N",
+            help=f"the largest image read, width x height (default: {MAX_PIXELS:,}); checked from the file's header")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     for command in commands.choices.values():
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -195,10 +207,12 @@ def _check_output_file(flag: str, path: str) -> None:
     if blocking is not None:
         raise UserError(f"{flag} {path!r} cannot be written: {str(blocking)!r} is a file, not a folder; "
                         "pass a path in a folder")
+    check_writable(target.parent, flag)
 
 
 def _run_train(args: argparse.Namespace) -> None:
     config = _train_config(args)
+    args.run_folder = config.out  # for the message of an interruption
     _check_data_root(config)
     result = engine.train(config, progress=args.progress if "progress" in args else None)
     if _is_rank_zero() and result["metrics"] is not None:
@@ -243,6 +257,10 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
+    check_writable(args.out, "--out")
+    for image in args.images:  # every file's header (exists, an 8-bit image, size) before the weights load
+        with open_image(Path(image)):
+            pass
     _, _, device = setup_process(args.device)
     model, entry = load_weights(args.weights)
     model.to(device)
@@ -252,8 +270,6 @@ def _run_predict(args: argparse.Namespace) -> None:
         (d.palette for d in data.DATASETS.values() if d.classes == classes), voc_colormap(len(classes)))
     protocol = _protocol(model, entry, args)
     for image in args.images:
-        if not Path(image).is_file():
-            raise UserError(f"no image at {image!r}; pass image files (JPEG, PNG, ...)")
         result = inference.segment(model, image, protocol)
         record = inference.save_segmentation(result, image, args.out, Path(image).stem, classes=classes,
                                              palette=palette, extra={"image": image, "weights": args.weights})
@@ -277,6 +293,8 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     if args.predictions is not None and Path(args.predictions).exists() and not Path(args.predictions).is_dir():
         raise UserError(f"--predictions {args.predictions!r} is a file, but it names the folder for the PNGs; "
                         "pass a folder path")
+    if args.predictions is not None:
+        check_writable(args.predictions, "--predictions")
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
@@ -342,18 +360,36 @@ def _is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def _after_interruption(args: argparse.Namespace) -> str:
+    """What an interruption (Ctrl-C, SIGTERM) left, and how to go on."""
+    if args.command == "train" and getattr(args, "run_folder", None):
+        checkpoint = Path(args.run_folder) / "checkpoint.pt"
+        if checkpoint.is_file():
+            return (f"the last checkpoint, {str(checkpoint)!r}, is intact: continue with "
+                    f"`encnet train --resume {checkpoint}`")
+        return f"no epoch had finished, so {str(args.run_folder)!r} holds no checkpoint: start the run again"
+    if args.command == "sweep":
+        return f"{args.out!r} keeps the finished runs: the same command continues the sweep"
+    return "nothing was left half-written (every file is written atomically)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "fetch": _run_fetch,
            "sweep": _run_sweep, "check-data": _run_check_data}
+    if "max_pixels" in args:  # the environment reaches the data loader's workers (read by data.folder.max_pixels)
+        os.environ["ENCNET_MAX_PIXELS"] = str(args.max_pixels)
     try:
         run[args.command](args)
-    except UserError as error:
+    except (UserError, KeyboardInterrupt) as error:
         if args.debug:
             raise
         several = dist.is_initialized() and dist.get_world_size() > 1
         where = f" (rank {dist.get_rank()} of {dist.get_world_size()})" if several else ""
+        if isinstance(error, KeyboardInterrupt):
+            print(f"encnet: interrupted{where}; {_after_interruption(args)}", file=sys.stderr)
+            return 130
         print(f"encnet: error: {one_line(error)}{where}", file=sys.stderr)
         return 2
     finally:

@@ -206,31 +206,37 @@ def read_torch_file(path: str | os.PathLike, *, map_location: Any = "cpu", allow
         raise CheckpointError(f"{str(path)!r} is {unreadable.format(': ' + detail)}") from None
 
 
-def verify_checksum(checkpoint: dict[str, Any], source: str) -> None:
-    """Raise :class:`CheckpointError` if a checkpoint of :data:`FORMAT` differs from its stored :func:`checksum`."""
-    if checkpoint.get("format") == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
+def check_checkpoint(checkpoint: Any, source: str) -> dict[str, Any]:
+    """The one rule for what a checkpoint of this package holds, for ``train``, ``evaluate`` and ``predict`` alike.
+
+    Every key of :data:`_REQUIRED`, a known format, and (format :data:`FORMAT`)
+    contents that match the checksum stored when it was written. ``source``
+    names the file in the error. Returns ``checkpoint``.
+
+    Raises:
+        CheckpointError: a key is missing, the format is unknown, or the contents changed.
+    """
+    missing = [key for key in _REQUIRED if key not in checkpoint] if isinstance(checkpoint, dict) else list(_REQUIRED)
+    if missing or checkpoint["format"] not in (FORMAT, UNCHECKED_FORMAT):
+        raise CheckpointError(
+            f"{source} is not an encnet checkpoint (format {FORMAT!r}): missing {missing or ['format']}; "
+            "pass the checkpoint.pt written by `encnet train`"
+        )
+    if checkpoint["format"] == FORMAT and checkpoint.get("checksum") != checksum(checkpoint):
         raise CheckpointError(
             f"{source} is corrupted: its contents differ from the checksum stored when it was written "
             "(the file changed on disk or in a copy); use another copy of it, or an earlier checkpoint"
         )
+    return checkpoint
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (with :func:`read_torch_file`), and check it.
 
     Raises:
-        CheckpointError: :func:`read_torch_file` refuses the file, or it is not an
-            encnet checkpoint, or its contents differ from the checksum stored when it was written.
+        CheckpointError: :func:`read_torch_file` refuses the file, or :func:`check_checkpoint` does.
     """
-    checkpoint = read_torch_file(path, map_location=map_location)
-    missing = [key for key in _REQUIRED if key not in checkpoint] if isinstance(checkpoint, dict) else list(_REQUIRED)
-    if missing or checkpoint["format"] not in (FORMAT, UNCHECKED_FORMAT):
-        raise CheckpointError(
-            f"{str(path)!r} is not an encnet checkpoint (format {FORMAT!r}): missing {missing or ['format']}; "
-            "pass the checkpoint.pt written by `encnet train`"
-        )
-    verify_checksum(checkpoint, repr(str(path)))
-    return checkpoint
+    return check_checkpoint(read_torch_file(path, map_location=map_location), repr(str(path)))
 
 
 def check_compatible(checkpoint: dict[str, Any], *, model: str, backbone: str, num_classes: int) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ from . import data, losses, models
 from .errors import UserError
 
 BACKBONES = tuple(models.STAGE_CHANNELS)
+MAX_SEED = 2**31 - 1  # seed + rank must stay a 32-bit seed of numpy
 DATASETS = tuple(data.DATASETS)
 
 
@@ -140,6 +142,11 @@ class TrainConfig:
             raise UserError(f"dropout must lie in [0, 1) or be None, got {self.dropout!r}")
         if self.workers < 0:
             raise UserError(f"workers must be >= 0, got {self.workers!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be an integer from 0 to {MAX_SEED} (numpy's seeds are 32-bit, and each "
+                            f"process adds its rank), got {self.seed!r}")
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not models.get_model(self.model).se_branch:
             object.__setattr__(self, "se_weight", 0.0)
 

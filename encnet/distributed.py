@@ -53,6 +53,9 @@ def setup_process(device: str) -> tuple[int, int, torch.device]:
         device = torch.device(device)
     except RuntimeError:
         raise UserError(f"--device {device!r} is not a device; pass auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {str(device)!r} is a {device.type} device, which encnet does not train or run "
+                        "on; pass auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {str(device)!r} asks for a GPU, but CUDA is not available here; "
                         "pass --device cpu (or auto)")

@@ -258,6 +258,12 @@ def _restore(run: Run) -> None:
     load_model_state(run.model, upgrade_keys(checkpoint["model"]))
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
+    if not 0 <= checkpoint["iteration"] <= run.total:
+        raise CheckpointError(
+            f"the checkpoint is at iteration {checkpoint['iteration']}, past the end of this run's {run.total} "
+            f"iterations ({run.iterations_per_epoch} an epoch for {len(run.train_set)} training images); the data "
+            "changed since it was written: resume with the data it was trained on, or start a new run"
+        )
     set_rng_state(checkpoint["rng"][run.rank])
     run.iteration, run.history = checkpoint["iteration"], checkpoint["history"]
     run.losses = checkpoint["losses"].tolist()

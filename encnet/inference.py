@@ -52,6 +52,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .errors import UserError
 from .viz import overlay, save_palette_png
 
 MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -191,6 +192,10 @@ def predict(model: nn.Module, images: Tensor, protocol: Protocol | None = None) 
     """
     protocol = protocol or Protocol()
     height, width = images.shape[-2:]
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).sum())
+        raise UserError(f"the images hold {bad} non-finite values (NaN or inf), which would turn every label into "
+                         "class 0; replace them (e.g. torch.nan_to_num) or check the image's conversion")
 
     def logits(view: Tensor) -> Tensor:
         return model(view)["out"]
@@ -248,15 +253,24 @@ class Segmentation:
 
 
 def to_model_input(image: Any) -> Tensor:
-    """A PIL image, a file path or a uint8 (3, H, W) tensor -> a normalised float (1, 3, H, W) tensor."""
-    if isinstance(image, (str, os.PathLike)):
-        from .data.folder import read_image
+    """A PIL image, a file path or a uint8 (3, H, W) tensor -> a normalised float (1, 3, H, W) tensor.
 
+    An image of more than :func:`encnet.data.folder.max_pixels` pixels, or a
+    PIL image of more than 8 bits a channel, is a :class:`UserError`.
+    """
+    from .data.folder import IMAGE_MODES, check_size, read_image
+
+    if isinstance(image, (str, os.PathLike)):
         image = read_image(Path(image))
     if isinstance(image, Image.Image):
+        check_size(*image.size, "the image")
+        if image.mode not in IMAGE_MODES:
+            raise UserError(f"the image is mode {image.mode}, but encnet reads 8-bit images ({', '.join(IMAGE_MODES)})"
+                            "; convert it to 8-bit RGB first")
         image = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
     if not isinstance(image, Tensor) or image.dim() != 3 or image.size(0) != 3 or image.dtype != torch.uint8:
         raise ValueError("expected an RGB image: a PIL image, a path, or a uint8 (3, H, W) tensor")
+    check_size(image.size(2), image.size(1), "the image")
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return ((image.float() / 255 - mean) / std)[None]
 

@@ -31,12 +31,15 @@ Only rank 0 of a ``torchrun`` job opens the folder; see :mod:`encnet.engine`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import math
 import os
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +88,12 @@ class RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {str(self.path)!r} is a file, but a run writes a folder there; "
                             "pass a folder path (new or empty)")
+        check_writable(self.path, "--out")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise UserError(f"cannot create the run folder {str(self.path)!r} ({error.strerror}); "
-                            "pass an --out inside a folder you can write") from None
-        descriptor = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            raise UserError(f"--out {str(self.path)!r} cannot hold the run's lock file ({error.strerror}); "
+                            "pass an --out in a folder you can write") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -147,22 +150,56 @@ class RunFolder:
 
     def save_checkpoint(self, checkpoint: dict[str, Any]) -> Path:
         """Write ``checkpoint.pt`` (atomic, checksummed; see :func:`encnet.checkpoint.save_checkpoint`)."""
-        save_checkpoint(self.checkpoint, checkpoint)
+        with self._writing("checkpoint.pt"):
+            save_checkpoint(self.checkpoint, checkpoint)
         return self.checkpoint
 
     def append_log(self, record: dict[str, Any]) -> None:
         """Add one line to ``log.jsonl`` and flush it to disk."""
-        with open(self.path / "log.jsonl", "a") as log:
+        with self._writing("log.jsonl"), open(self.path / "log.jsonl", "a") as log:
             log.write(json.dumps(json_safe(record)) + "\n")
             log.flush()
             os.fsync(log.fileno())
 
     def rewrite_log(self, history: list[dict[str, Any]]) -> None:
         """Replace ``log.jsonl`` by ``history``, one record a line (atomic): rule 4, on resume."""
-        _write_atomic(self.path / "log.jsonl", "".join(json.dumps(json_safe(record)) + "\n" for record in history))
+        with self._writing("log.jsonl"):
+            _write_atomic(self.path / "log.jsonl",
+                          "".join(json.dumps(json_safe(record)) + "\n" for record in history))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        write_json(self.path / "metrics.json", metrics)
+        with self._writing("metrics.json"):
+            write_json(self.path / "metrics.json", metrics)
+
+    @contextlib.contextmanager
+    def _writing(self, name: str) -> Iterator[None]:
+        """A failed write of ``name`` (full disk, read-only folder) as one line that says what is safe."""
+        try:
+            yield
+        except OSError as error:
+            if self.checkpoint.is_file():
+                safe = (f"the last checkpoint, {str(self.checkpoint)!r}, is intact (every write is atomic): free "
+                        f"space or fix the folder, then continue with `encnet train --resume {self.checkpoint}`")
+            else:
+                safe = "no checkpoint had been written yet: free space or fix the folder, then start the run again"
+            raise UserError(f"cannot write {name} in {str(self.path)!r} ({error.strerror or error}); {safe}") from None
+
+
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Create ``folder`` if needed and write (then delete) a file in it, so that a run fails before its work.
+
+    Raises :class:`UserError` naming ``flag`` when the folder cannot be created or written
+    (read-only, no permission, full disk).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(prefix=".encnet-write-check.", dir=folder)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(f"{flag} {str(folder)!r} cannot be written ({error.strerror or error}); "
+                        f"pass a {flag} in a folder you can write") from None
 
 
 def json_safe(value: Any) -> Any:

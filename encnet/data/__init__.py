@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from . import transforms
 from .ade20k import ADE20K
 from .palette import voc_colormap
@@ -92,7 +93,7 @@ def dataset_options(name: str) -> dict[str, Any]:
     ``inspect.Parameter.empty``. An unknown ``name`` is a ValueError, as in :func:`build_dataset`.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if name == "synthetic":
         parameters = inspect.signature(_synthetic).parameters.values()
         return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -121,13 +122,13 @@ def build_dataset(
     (defaults to ``crop_size``) and ``seed``; ``base_size`` is not used.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if name == "synthetic":
         return _synthetic(split, crop_size, **options)
     if root is None:
-        raise ValueError(f"dataset {name!r} needs root=<folder holding it>; see data/README.md for the layout")
+        raise UserError(f"dataset {name!r} needs root=<folder holding it>; see data/README.md for the layout")
     if crop_size is None or (split == "train" and base_size is None):
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r} needs crop_size (and base_size for training), e.g. crop_size=480, base_size=520"
         )
     joint = (
@@ -148,7 +149,7 @@ def _synthetic(
     seed: int = 0,
 ) -> SyntheticScenes:
     if image_size is not None and crop_size is not None and image_size != crop_size:
-        raise ValueError(
+        raise UserError(
             f"the synthetic scenes are rendered at image_size={image_size} and never cropped, but "
             f"crop_size={crop_size}; set them equal (or leave image_size out: it defaults to crop_size)"
         )

@@ -29,10 +29,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..errors import UserError, one_line
-from .folder import mask_mode_problem
+from .folder import IMAGE_MODES, mask_mode_problem, max_pixels, no_pil_size_limit
 
-# 8-bit modes that ``read_image`` converts to RGB.
-IMAGE_MODES = ("RGB", "L", "P", "CMYK", "YCbCr", "RGBA", "LA")
 _JPEG_END = b"\xff\xd9"  # EOI: cannot occur inside JPEG entropy-coded data (0xFF is followed by 0x00 there)
 _TAIL_BYTES = 1024
 _WORKERS = min(16, (os.cpu_count() or 1) * 4)  # threads: the checks wait on the disk, not on the CPU
@@ -96,7 +94,7 @@ def _check_pair(image: Path, mask: Path) -> tuple[tuple[int, int] | None, str | 
 def _image_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """``((width, height), None)`` of a sound image file, or ``(None, what is wrong)``."""
     try:
-        with Image.open(path) as opened:
+        with no_pil_size_limit(), Image.open(path) as opened:
             mode, size, kind = opened.mode, opened.size, opened.format
     except FileNotFoundError:
         return None, f"the image {path} does not exist"
@@ -104,6 +102,9 @@ def _image_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"cannot read the image {path} ({error}): corrupt or not an image"
     if mode not in IMAGE_MODES:
         return None, f"the image {path} is mode {mode}, expected an 8-bit image ({', '.join(IMAGE_MODES)})"
+    if size[0] * size[1] > max_pixels():
+        return None, (f"the image {path} is {size[0]} x {size[1]} pixels, more than the limit of {max_pixels():,} "
+                      "(--max-pixels raises it)")
     if kind == "JPEG" and not _ends_a_jpeg(path):
         return None, f"the image {path} is truncated (it does not decode to its end); download or extract it again"
     return size, None

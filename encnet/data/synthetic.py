@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -241,11 +242,11 @@ class SyntheticScenes(Dataset):
 
     def __init__(self, split: str = "train", num_samples: int = 2000, image_size: int = 64, seed: int = 0) -> None:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; SyntheticScenes has splits {', '.join(SPLITS)}")
+            raise UserError(f"unknown split {split!r}; SyntheticScenes has splits {', '.join(SPLITS)}")
         if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+            raise UserError(f"num_samples must be at least 1, got {num_samples}")
         if image_size < 64:
-            raise ValueError(
+            raise UserError(
                 f"image_size must be at least 64 pixels to keep the scene cues away from the "
                 f"ambiguous objects, got {image_size}"
             )

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..errors import UserError
 from . import DATASETS, build_dataset, transforms
 
 
@@ -51,7 +52,8 @@ def whole_images(name: str, split: str, *, root: str | None, options: dict[str, 
     if name == "synthetic":  # rendered at its final size and normalised: nothing to crop
         return build_dataset(name, split, **options)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     if root is None:
-        raise ValueError(f"dataset {name!r} needs its folder: pass --data-root")
+        raise UserError(f"dataset {name!r} needs its folder: pass --data-root <folder>; data/README.md gives its "
+                        "layout")
     return DATASETS[name](root, split, transforms=v2.Compose(transforms.to_normalised_tensors()), **options)

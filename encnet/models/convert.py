@@ -42,15 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import (
-    FORMAT,
-    UNCHECKED_FORMAT,
-    CheckpointError,
-    load_checkpoint,
-    load_model_state,
-    read_torch_file,
-    verify_checksum,
-)
+from ..checkpoint import CheckpointError, check_checkpoint, load_checkpoint, load_model_state, read_torch_file
 from ..data import DATASETS
 from ..errors import UserError
 from ..inference import Protocol
@@ -147,9 +139,8 @@ def _rename(state: StateDict, table: tuple[tuple[str, str], ...], dropped: tuple
 
 def _key_layout(checkpoint: Any, source: str) -> tuple[str, StateDict]:
     """(key layout name, the file's tensors) of a loaded checkpoint."""
-    if isinstance(checkpoint, dict) and checkpoint.get("format") in (FORMAT, UNCHECKED_FORMAT):
-        verify_checksum(checkpoint, source)
-        return "encnet", checkpoint["model"]
+    if isinstance(checkpoint, dict) and "format" in checkpoint:  # written by encnet train: the same rule as train's
+        return "encnet", check_checkpoint(checkpoint, source)["model"]
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         found = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
