@@ -19,7 +19,8 @@ every command is a thin layer over the package: :mod:`encnet.engine` (train),
 A user error (:class:`encnet.errors.UserError`: a bad setting, file or folder)
 prints one line, ``encnet: error: <what was wrong, what was expected, what to
 do>``, and exits with status 2; ``--debug`` shows its traceback instead. Any
-other exception is a bug and keeps its traceback.
+other exception is a bug and keeps its traceback. Ctrl-C prints one line and
+exits with 130, SIGTERM likewise with 143, each saying what was kept.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -100,15 +103,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (
                         help="tqdm progress bars (default: when standard error is a terminal)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="encnet", description="EncNet: train, evaluate, sweep the SE-loss weight.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model (also under torchrun)", argument_default=argparse.SUPPRESS)
-    _add_run_flags(train)
-    train.add_argument("--out", help="folder for checkpoint.pt, log.jsonl, metrics.json (default: runs/<preset>)")
-    train.add_argument("--resume", help="checkpoint.pt to continue from (its settings are the default)")
-
+def _add_evaluate(commands) -> None:
+    """The ``evaluate`` command's flags."""
     evaluate = commands.add_parser("evaluate", help="score a checkpoint on a dataset split")
     evaluate.add_argument("checkpoint", nargs="?", help="checkpoint.pt written by `encnet train`")
     evaluate.add_argument("--weights", help="instead of a training checkpoint: a published name (see "
@@ -126,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--predictions", help="folder for palette PNGs of the predictions")
     evaluate.add_argument("--out", help="JSON file for the metrics (default: print only)")
     evaluate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="encnet", description="EncNet: train, evaluate, sweep the SE-loss weight.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model (also under torchrun)", argument_default=argparse.SUPPRESS)
+    _add_run_flags(train)
+    train.add_argument("--out", help="folder for checkpoint.pt, log.jsonl, metrics.json (default: runs/<preset>)")
+    train.add_argument("--resume", help="checkpoint.pt to continue from (its settings are the default)")
+
+    _add_evaluate(commands)
 
     predict = commands.add_parser("predict", help="segment photos with published or trained weights")
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
@@ -373,6 +381,14 @@ def _after_interruption(args: argparse.Namespace) -> str:
     return "nothing was left half-written (every file is written atomically)"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit), handled as Ctrl-C: workers stop, files stay whole."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -380,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
            "sweep": _run_sweep, "check-data": _run_check_data}
     if "max_pixels" in args:  # the environment reaches the data loader's workers (read by data.folder.max_pixels)
         os.environ["ENCNET_MAX_PIXELS"] = str(args.max_pixels)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         run[args.command](args)
     except (UserError, KeyboardInterrupt) as error:
@@ -388,11 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         several = dist.is_initialized() and dist.get_world_size() > 1
         where = f" (rank {dist.get_rank()} of {dist.get_world_size()})" if several else ""
         if isinstance(error, KeyboardInterrupt):
-            print(f"encnet: interrupted{where}; {_after_interruption(args)}", file=sys.stderr)
-            return 130
+            how = "terminated (SIGTERM)" if isinstance(error, _Terminated) else "interrupted"
+            print(f"encnet: {how}{where}; {_after_interruption(args)}", file=sys.stderr)
+            return 143 if isinstance(error, _Terminated) else 130
         print(f"encnet: error: {one_line(error)}{where}", file=sys.stderr)
         return 2
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

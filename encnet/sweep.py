@@ -10,17 +10,24 @@ Every run is :func:`encnet.engine.train` on the base config with ``se_weight``,
 each run's metrics and history (no weights), is rewritten after each run, and
 is read back on a restart, so an interrupted sweep continues where it stopped.
 ``jobs`` > 1 trains runs side by side, each in a process of its own
-(``encnet sweep --jobs 2``). :mod:`encnet.ablation` reads the file.
+(``encnet sweep --jobs 2``); those processes end with the sweep, after an
+error, an interrupt or even ``kill -9`` of the sweep. :mod:`encnet.ablation`
+reads the file.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ from .models import get_model
 from .runs import RunFolder, write_json
 
 _RUN_KEYS = ("model", "se_weight", "seed")  # what identifies a run of a sweep
+_PR_SET_PDEATHSIG = 1  # prctl option of Linux: the signal a process gets when its parent dies
 
 
 def sweep(
@@ -112,14 +120,45 @@ def _sweep_runs(configs: list[TrainConfig], jobs: int, *, progress: bool | None)
         return
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state forked from the caller's
-    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
-                                                  initargs=(threads,))
+    pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                                  initargs=(threads, os.getpid()))
     try:
         pending = [pool.submit(_sweep_record, config, progress=False) for config in configs]
         for future in concurrent.futures.as_completed(pending):
             yield future.result()
-    finally:  # after an error (or an interrupt), the runs not started yet are dropped, not trained
-        pool.shutdown(cancel_futures=True)
+    finally:  # after an error or an interrupt: the runs not finished are dropped, their workers stopped
+        workers = list(getattr(pool, "_processes", {}).values())  # shutdown(wait=False) forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        pool.shutdown(wait=True)  # the pool's queues closed and its semaphores released, workers gone
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """Set up a sweep worker: its thread count, and its death with the sweep's process, however that dies.
+
+    On Linux the kernel sends the worker SIGKILL when its parent dies (prctl
+    PR_SET_PDEATHSIG); elsewhere, and as a second line, a thread polls the
+    parent's pid each second. A worker never outlives the sweep by training on.
+    """
+    torch.set_num_threads(threads)
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, a semaphore a killed worker would leak
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_exit_without_parent, args=(parent,), name="encnet-parent-watch", daemon=True).start()
+
+
+def _exit_without_parent(parent: int) -> None:
+    """Exit this process as soon as ``parent`` is no longer its parent (it died: the worker was re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _sweep_record(config: TrainConfig, *, progress: bool | None) -> dict[str, Any]:

@@ -66,6 +66,60 @@ def test_a_file_placed_in_the_cache_is_used_and_its_sha1_checked(offline_hub):
     torch.testing.assert_close(backbone.conv1[6].weight, state["conv1.6.weight"])
 
 
+def _mmseg_checkpoint() -> dict:
+    """An mmsegmentation EncNet-R50 ADE20K checkpoint in the publisher's layout, with random tensors."""
+    classes = zoo.get("encnet_r50-d8_512x512_80k_ade20k").classes
+    return {"state_dict": random_state(read_layout("mmseg_encnet_r50_ade20k")["state_dict"]),
+            "meta": {"CLASSES": list(classes)}}
+
+
+def _placed(entry: zoo.Published, checkpoint: dict) -> zoo.Published:
+    """``checkpoint`` in torch hub's cache, under an entry like ``entry`` whose file name carries its SHA-256."""
+    entry.path.parent.mkdir(parents=True, exist_ok=True)
+    staging = entry.path.with_suffix(".staging")
+    torch.save(checkpoint, staging)
+    prefix = hashlib.sha256(staging.read_bytes()).hexdigest()[:8]
+    stem = entry.path.stem.rsplit("-", 1)[0]
+    own = zoo.Published(**{**entry.__dict__, "url": entry.url.replace(entry.file_name, f"{stem}-{prefix}.pth")})
+    staging.rename(own.path)
+    return own
+
+
+def test_a_hand_placed_mmseg_file_is_checked_against_its_published_hash(offline_hub, tmp_path, capsys, monkeypatch):
+    hub, attempts = offline_hub
+    entry = zoo.get("encnet_r50-d8_512x512_80k_ade20k")  # its file name ends in 44b46b04
+    entry.path.parent.mkdir(parents=True)
+    torch.save(_mmseg_checkpoint(), entry.path)  # the right layout, the wrong tensors
+    with pytest.raises(UserError) as error:
+        entry.fetch(progress=False)
+    found = hashlib.sha256(entry.path.read_bytes()).hexdigest()
+    message = str(error.value)
+    assert "\n" not in message and str(entry.path) in message and "SHA-256" in message
+    assert f"{found}, not the published 44b46b04..." in message and "left as it is" in message, message
+    assert entry.path.is_file() and attempts == []  # a file the user placed is never deleted
+
+    assert main(["fetch", entry.name]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    assert main(["predict", str(photo), "--weights", entry.name, "--out", str(tmp_path / "out")]) == 2
+    assert "not the published 44b46b04" in capsys.readouterr().err
+    assert not any((tmp_path / "out").glob("*"))  # nothing predicted with the wrong weights
+
+    genuine = _placed(entry, _mmseg_checkpoint())  # a file whose SHA-256 its name carries passes
+    assert genuine.fetch(progress=False) == genuine.path and attempts == []
+
+
+def test_a_wrong_download_is_deleted_and_refused(offline_hub, monkeypatch):
+    hub, attempts = offline_hub
+    entry = zoo.get("encnet_resnet50s_ade")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, **kwargs: Path(dst).write_bytes(b"x"))
+    with pytest.raises(UserError, match=r"has SHA-1 11f6ad8ec52a2984abaafd7c3b516503785c2072, not the published "
+                                        r"07ac287cd77e53ea583f37454e17d30ce1509a4a of 'encnet_resnet50s_ade'"):
+        entry.fetch(progress=False)
+    assert not entry.path.exists()
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="valid names: encnet_resnet50s_ade"):
         zoo.get("encnet_resnet50_ade")
@@ -187,10 +241,7 @@ def test_evaluate_published_weights_prints_the_published_figure(offline_hub, tmp
     from test_data_real import make_ade
 
     hub, attempts = offline_hub
-    entry = zoo.get("encnet_r50-d8_512x512_80k_ade20k")
-    entry.path.parent.mkdir(parents=True)
-    torch.save({"state_dict": random_state(read_layout("mmseg_encnet_r50_ade20k")["state_dict"]),
-                "meta": {"CLASSES": list(entry.classes)}}, entry.path)
+    entry = _placed(zoo.get("encnet_r50-d8_512x512_80k_ade20k"), _mmseg_checkpoint())
     small = Protocol(fit=(64, 32))  # the published one fits each image in 2048 x 512
     monkeypatch.setattr(zoo, "PUBLISHED", {**zoo.PUBLISHED, entry.name: zoo.Published(
         **{**entry.__dict__, "protocol": small})})

@@ -160,3 +160,25 @@ def test_every_config_field_has_a_flag_of_its_type():
     assert {field.name for field in dataclasses.fields(TrainConfig)} <= flags
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "--preset", "synthetic", "--model-options", "[1]"])
+
+
+@pytest.mark.parametrize("model", ["fcn", "encnet"])
+def test_a_seed_draws_the_initial_weights_of_the_committed_runs(model):
+    """The parts are built in the order the committed runs' models were: EncNet's head first, FCN's backbone.
+
+    Built alone after the same seed, the first part has the model's weights; the
+    other order would give the second part those random numbers instead.
+    """
+    from encnet.models.backbones import STAGE_CHANNELS, dilated_resnet
+
+    torch.manual_seed(0)
+    whole = build_model(model, "small", num_classes=5, aux=False)
+    torch.manual_seed(0)
+    if model == "encnet":
+        first = get_model("encnet").head(STAGE_CHANNELS["small"], 5)
+        expected = whole.head
+    else:
+        first = dilated_resnet("small")
+        expected = whole.backbone
+    for (name, value), (_, built) in zip(first.state_dict().items(), expected.state_dict().items(), strict=True):
+        assert torch.equal(value, built), name

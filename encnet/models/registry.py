@@ -56,6 +56,10 @@ class ModelSpec:
         options: the head's own options and their defaults.
         se_branch: the head takes ``se_loss`` (an SE branch, output ``"se"``, trained with the SE-loss).
         summary: the first line of the head's docstring.
+        head_first: build the head before the backbone. The order decides which random
+            numbers each part's initial weights draw; EncNet keeps the order its
+            committed runs (notebooks/results/) were trained with, so that a seed
+            still gives those runs' initial weights.
     """
 
     name: str
@@ -64,6 +68,7 @@ class ModelSpec:
     options: dict[str, Any]
     se_branch: bool
     summary: str
+    head_first: bool = False
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -86,8 +91,11 @@ def _options_of(name: str, head: Callable[..., nn.Module]) -> tuple[dict[str, An
     return options, any(p.name == "se_loss" for p in parameters)
 
 
-def register_model(name: str, *, model_class: type[nn.Module] | None = None) -> Callable:
-    """Register the decorated head as model ``name``; ``model_class`` defaults to ``SegmentationModel``."""
+def register_model(name: str, *, model_class: type[nn.Module] | None = None, head_first: bool = False) -> Callable:
+    """Register the decorated head as model ``name``; ``model_class`` defaults to ``SegmentationModel``.
+
+    ``head_first`` builds the head before the backbone (see :class:`ModelSpec`).
+    """
 
     def register(head: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -96,7 +104,9 @@ def register_model(name: str, *, model_class: type[nn.Module] | None = None) -> 
 
         options, se_branch = _options_of(name, head)
         summary = (inspect.getdoc(head) or name).splitlines()[0]
-        _REGISTRY[name] = ModelSpec(name, head, model_class or SegmentationModel, options, se_branch, summary)
+        _REGISTRY[name] = ModelSpec(
+            name, head, model_class or SegmentationModel, options, se_branch, summary, head_first
+        )
         return head
 
     return register

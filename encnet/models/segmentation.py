@@ -34,6 +34,7 @@ convolutions, and the whole image through the Context Encoding Module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -161,7 +162,7 @@ def fcn_head(channels: dict[str, int], num_classes: int, *, norm_layer: NormLaye
     return FCNHead(channels["c4"], num_classes, norm_layer=norm_layer)
 
 
-register_model("encnet", model_class=EncNet)(EncHead)
+register_model("encnet", model_class=EncNet, head_first=True)(EncHead)
 
 
 def build_model(
@@ -207,9 +208,18 @@ def build_model(
         raise UserError(f"the {model} model has no SE branch, so no se_loss option; leave it out")
     check_model_options(model, {name: value for name, value in options.items() if name != "se_loss"})
     channels = STAGE_CHANNELS[backbone]
+    make_head = functools.partial(spec.head, channels, num_classes, norm_layer=norm_layer, **options)
+    make_backbone = functools.partial(dilated_resnet, backbone, weights=weights_backbone, norm_layer=norm_layer)
+    # The order decides which random numbers each part's initial weights draw (ModelSpec.head_first).
+    if spec.head_first:
+        head = make_head()
+        trunk = make_backbone()
+    else:
+        trunk = make_backbone()
+        head = make_head()
     return spec.model_class(
-        dilated_resnet(backbone, weights=weights_backbone, norm_layer=norm_layer),
-        spec.head(channels, num_classes, norm_layer=norm_layer, **options),
+        trunk,
+        head,
         FCNHead(channels["c3"], num_classes, stage="c3", norm_layer=norm_layer) if aux else None,
         align_corners=align_corners,
     )

@@ -15,13 +15,16 @@ Downloads go through :func:`torch.hub.download_url_to_file` into
 names the URL and the exact path to place the file at.
 
 Hashes. mmsegmentation's file names end in the first 8 hex digits of the file's
-SHA-256, which is what torch.hub's ``check_hash`` checks while downloading.
-PyTorch-Encoding publishes a SHA-1 of the ``.pth`` (inside a ``.zip``); it is
-checked after the download with :mod:`hashlib`.
+SHA-256; PyTorch-Encoding publishes a SHA-1 of the ``.pth`` (inside a
+``.zip``). :meth:`Published.fetch` checks the file against that hash every
+time, wherever it came from (a download, a copy placed by hand, another
+``TORCH_HOME``), so a wrong file under a published name is refused, not
+loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import urllib.error
@@ -84,37 +87,70 @@ class Published:
     def palette(self) -> tuple[tuple[int, int, int], ...]:
         return DATASETS[self.dataset].palette if self.dataset else ()
 
+    @property
+    def published_hash(self) -> tuple[str, str]:
+        """(hashlib algorithm, the published hex digest or its prefix) that the file must match.
+
+        PyTorch-Encoding publishes the SHA-1 of the ``.pth`` its ``.zip`` holds;
+        mmsegmentation's file names end in the first 8 hex digits of the file's SHA-256.
+        """
+        if self.sha1:
+            return "sha1", self.sha1
+        return "sha256", Path(self.file_name).stem.rsplit("-", 1)[-1]
+
     def fetch(self, *, progress: bool = True) -> Path:
-        """The file in torch hub's cache, downloaded (with a progress bar) if it is not there."""
+        """The file in torch hub's cache, downloaded (with a progress bar) if it is not there.
+
+        Whichever way the file came there (this download, an earlier one, a copy
+        placed by hand, another ``TORCH_HOME``), it is checked against the
+        published hash before it is returned; a file this call downloaded and
+        found wrong is deleted, a file found there is left for the user to replace.
+        """
         path = self.path
-        if not path.is_file():
+        downloaded = not path.is_file()
+        if downloaded:
             path.parent.mkdir(parents=True, exist_ok=True)
-            sha256_prefix = None if self.sha1 else path.stem.rsplit("-", 1)[-1]
-            try:
-                torch.hub.download_url_to_file(self.url, str(path), hash_prefix=sha256_prefix, progress=progress)
+            try:  # torch.hub writes a temporary file and moves it into place when complete
+                torch.hub.download_url_to_file(self.url, str(path), progress=progress)
             except (urllib.error.URLError, OSError) as error:
                 raise WeightsNotCached(
                     f"the weights {self.name!r} are not in torch hub's cache and could not be downloaded from "
                     f"{self.url} ({error}). Without internet access, download that file on another machine and "
                     f"place it at {path} (TORCH_HOME moves the cache), or pass the file's path instead of the name"
                 ) from None
-        if self.sha1:
-            self._check_sha1(path)
+        self._check_hash(path, downloaded=downloaded)
         return path
 
-    def _check_sha1(self, path: Path) -> None:
-        """PyTorch-Encoding's hash is the SHA-1 of the ``.pth``, which its ``.zip`` holds."""
-        if zipfile.is_zipfile(path) and len(zipfile.ZipFile(path).namelist()) == 1:
-            with zipfile.ZipFile(path) as archive:
-                data = archive.read(archive.namelist()[0])
-        else:
-            data = path.read_bytes()
-        digest = hashlib.sha1(data).hexdigest()
-        if digest != self.sha1:
-            raise UserError(
-                f"{path} has SHA-1 {digest}, not the published {self.sha1} of {self.name!r}: the file is "
-                "corrupt or another one; delete it and fetch it again"
-            )
+    def _check_hash(self, path: Path, *, downloaded: bool) -> None:
+        """Raise :class:`UserError` unless ``path`` has the published hash (read in chunks, not whole)."""
+        algorithm, expected = self.published_hash
+        digest = hashlib.new(algorithm)
+        try:
+            with contextlib.ExitStack() as stack:
+                stream = stack.enter_context(open(path, "rb"))
+                if zipfile.is_zipfile(stream) and self.sha1:
+                    archive = stack.enter_context(zipfile.ZipFile(stream))
+                    if len(archive.namelist()) == 1:
+                        stream = stack.enter_context(archive.open(archive.namelist()[0]))
+                stream.seek(0)
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(chunk)
+        except (OSError, zipfile.BadZipFile) as error:
+            raise UserError(f"cannot read {path} to check its hash ({error}); delete it and run "
+                            f"`encnet fetch {self.name}`, or place the published file there") from None
+        found = digest.hexdigest()
+        if found.startswith(expected):
+            return
+        if downloaded:
+            path.unlink()
+        what = ("the download was deleted; run `encnet fetch` again" if downloaded else
+                f"the file was left as it is: replace it with the published {self.file_name} ({self.url}), or "
+                f"delete it and run `encnet fetch {self.name}`")
+        raise UserError(
+            f"{path} has {algorithm.upper().replace('SHA', 'SHA-')} {found}, not the published {expected}{'...' if len(expected) < len(found) else ''} "
+            f"of {self.name!r}: "
+            f"it is corrupt, cut short or another file; {what}"
+        )
 
 
 class WeightsNotCached(UserError):
