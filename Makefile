@@ -25,7 +25,7 @@ LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 $(STAMP): pyproject.toml $(CONSTRAINTS) book/lab_overrides.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,export,tensorboard]"
 	mkdir -p $(LAB_SETTINGS) && cp book/lab_overrides.json $(LAB_SETTINGS)/overrides.json
 	touch $(STAMP)
 
@@ -35,7 +35,7 @@ lock:
 	lock=$$(mktemp -d) && trap 'rm -rf "$$lock"' EXIT && \
 	$(PYTHON) -m venv "$$lock" && \
 	"$$lock/bin/python" -m pip install --quiet --upgrade pip && \
-	"$$lock/bin/python" -m pip install --quiet ".[test,book]" && \
+	"$$lock/bin/python" -m pip install --quiet ".[test,book,export,tensorboard]" && \
 	{ sed -n '/^#/p' $(CONSTRAINTS); "$$lock/bin/python" -m pip freeze --exclude encnet; } > "$$lock/constraints.txt" && \
 	mv "$$lock/constraints.txt" $(CONSTRAINTS)
 
@@ -59,7 +59,7 @@ lab: $(STAMP)
 BOOK_STAMP := $(VENV)/.installed-book
 
 $(BOOK_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,book]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,export,tensorboard,book]"
 	touch $(BOOK_STAMP)
 
 book: $(BOOK_STAMP)
