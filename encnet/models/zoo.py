@@ -146,11 +146,10 @@ class Published:
         what = ("the download was deleted; run `encnet fetch` again" if downloaded else
                 f"the file was left as it is: replace it with the published {self.file_name} ({self.url}), or "
                 f"delete it and run `encnet fetch {self.name}`")
-        raise UserError(
-            f"{path} has {algorithm.upper().replace('SHA', 'SHA-')} {found}, not the published {expected}{'...' if len(expected) < len(found) else ''} "
-            f"of {self.name!r}: "
-            f"it is corrupt, cut short or another file; {what}"
-        )
+        name = algorithm.upper().replace("SHA", "SHA-")
+        published = expected + ("..." if len(expected) < len(found) else "")  # mmsegmentation: a prefix
+        raise UserError(f"{path} has {name} {found}, not the published {published} of {self.name!r}: it is "
+                        f"corrupt, cut short or another file; {what}")
 
 
 class WeightsNotCached(UserError):
