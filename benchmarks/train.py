@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                # 3 rounds of 8 training iterations per model and setting
     python benchmarks/train.py --rounds 5 --iterations 16
+    python benchmarks/train.py --precision-only --rounds 3 --iterations 4   # bf16 against float32 alone
 
 Everything goes through the package (``encnet.engine.train``, ``encnet.evaluation.evaluate``),
 data loading included, with the ``synthetic`` preset's images, batch and
@@ -17,7 +18,10 @@ figures across runs):
   what ``make reproduce`` does); images/s is the sum of the two.
 
 The medians are printed with the projected training time of ``make
-reproduce``'s 9 runs. Then the wall time of each phase of the last ``make
+reproduce``'s 9 runs. Then mixed precision: training images/s of the
+``synthetic`` preset (EncNet + SE-loss) in float32 against bf16 autocast
+(``amp="bf16"``), interleaved rounds of one process on all threads, and the
+ratio of the medians (``--precision-only`` measures this alone). Then the wall time of each phase of the last ``make
 reproduce`` (build/reproduce_phases.json, written by notebooks/reproduce.py),
 and last the ``synthetic-quick`` smoke run timed end to end as a command
 (``python -m encnet train --preset synthetic-quick``, start-up included; target:
@@ -69,10 +73,36 @@ def measure_side_by_side(pool: concurrent.futures.Executor, config, iterations: 
     return sum(rate[0] for rate in rates), sum(rate[1] for rate in rates)
 
 
+def training_rate(config, iterations: int) -> float:
+    """Training images/s of ``config`` over ``iterations`` steps (the engine's own figure; one evaluation follows)."""
+    options = {**config.dataset_options, "train_samples": iterations * config.batch_size,
+               "val_samples": config.batch_size}
+    short = dataclasses.replace(config, epochs=1, dataset_options=options, out=None)
+    return engine.train(short, progress=False)["history"][0]["images_per_s"]
+
+
+def compare_precision(config, rounds: int, iterations: int) -> None:
+    """Print float32's and bf16's training images/s, round by round (interleaved), and the ratio of their medians."""
+    print(f"\nmixed precision, {config.model}{'+se' if config.se_weight else ''} on the synthetic preset "
+          f"(channels_last={config.channels_last}), {rounds} rounds of {iterations} iterations:")
+    rates: dict[str, list[float]] = {"off": [], "bf16": []}
+    for amp in rates:  # warm-up: first-call costs (oneDNN's kernels for each precision) out of the rounds
+        training_rate(dataclasses.replace(config, amp=amp), 2)
+    for round_index in range(rounds):
+        for amp, figures in rates.items():
+            figures.append(training_rate(dataclasses.replace(config, amp=amp), iterations))
+            print(f"  round {round_index + 1} {'float32' if amp == 'off' else amp:>7}: train {figures[-1]:6.1f} "
+                  "images/s", flush=True)
+    medians = {amp: statistics.median(figures) for amp, figures in rates.items()}
+    print(f"medians: float32 {medians['off']:.1f} images/s, bf16 {medians['bf16']:.1f} images/s; "
+          f"bf16 / float32 = {medians['bf16'] / medians['off']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=8, help="training iterations per measurement")
+    parser.add_argument("--precision-only", action="store_true", help="only bf16 against float32 training")
     args = parser.parse_args()
 
     base = preset("synthetic")
@@ -81,6 +111,9 @@ def main() -> None:
           f"{base.dataset_options['train_samples']} training / {base.dataset_options['val_samples']} "
           f"validation images, {base.epochs} epochs; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+    if args.precision_only:
+        compare_precision(base, args.rounds, args.iterations)
+        return
     models = {"fcn": dataclasses.replace(base, model="fcn"), "encnet": dataclasses.replace(base, se_weight=0.0),
               "encnet+se": base}
     settings = ("before", "after")
@@ -120,6 +153,8 @@ def main() -> None:
                                            + evaluations * options["val_samples"] / eval_rate)
     print("make reproduce, training of its 9 runs (projected from these medians): "
           + ", ".join(f"{setting} {seconds / 60:.1f} min" for setting, seconds in projected.items()))
+
+    compare_precision(base, args.rounds, args.iterations)
 
     if PHASES.is_file():
         record = json.loads(PHASES.read_text())

@@ -1,4 +1,4 @@
-"""Command line: ``python -m encnet train | evaluate | predict | fetch | sweep | check-data`` (or ``encnet ...``).
+"""Command line: ``python -m encnet train | evaluate | predict | export | fetch | sweep | ...`` (or ``encnet ...``).
 
     encnet train --preset synthetic-quick --out runs/quick
     encnet train --preset synthetic --model fcn --epochs 4 --out runs/fcn
@@ -7,14 +7,17 @@
     encnet evaluate runs/quick/checkpoint.pt --ms --predictions runs/quick/predictions
     encnet evaluate --weights encnet_resnet50s_ade --dataset ade20k --data-root /data/ADEChallengeData2016 --ms
     encnet predict photo.jpg --weights encnet_r50-d8_512x512_80k_ade20k --out predictions/
+    encnet export --weights encnet_resnet50s_ade --onnx encnet.onnx     # ONNX, with the protocol as metadata
+    encnet predict photo.jpg --onnx encnet.onnx --out predictions/     # the same test through ONNX Runtime
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
     encnet sweep --preset synthetic --se-weights 0 0.2 0.8 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json
     encnet check-data --dataset ade20k --data-root /data
+    encnet plot runs/quick runs/fcn --out curves.png   # loss and mIoU curves from each log.jsonl
 
 Flags override the preset's fields (see :class:`encnet.config.TrainConfig`);
 every command is a thin layer over the package: :mod:`encnet.engine` (train),
-:mod:`encnet.evaluation` and :mod:`encnet.inference` (evaluate, predict),
-:mod:`encnet.sweep`.
+:mod:`encnet.evaluation` and :mod:`encnet.inference` (evaluate, predict), :mod:`encnet.export` (export),
+:mod:`encnet.sweep`, :mod:`encnet.plot`.
 
 A user error (:class:`encnet.errors.UserError`: a bad setting, file or folder)
 prints one line, ``encnet: error: <what was wrong, what was expected, what to
@@ -37,12 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
-from . import data, engine, inference
+from . import data, engine, export, inference
 from .checkpoint import check_compatible, load_checkpoint
-from .config import BACKBONES, DATASETS, PRESETS, TrainConfig, preset
-from .data import voc_colormap
+from .config import AMP_MODES, BACKBONES, DATASETS, PRESETS, SYNC_BN_MODES, TrainConfig, preset
 from .data.check import check_dataset, check_files
 from .data.folder import MAX_PIXELS, open_image
 from .data.wrappers import whole_images
@@ -52,6 +55,7 @@ from .evaluation import evaluate
 from .inference import MULTI_SCALES, Protocol
 from .losses import LOSSES
 from .models import get_model, list_models, load_trained, load_weights, zoo
+from .plot import plot_runs
 from .runs import check_writable, write_json
 from .sweep import sweep as sweep_runs
 
@@ -84,7 +88,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (
     ``out``, ``resume`` and ``skip`` are the command's own.
     """
     parser.add_argument("--preset", choices=list(PRESETS), help="starting config (flags below override its fields)")
-    choices = {"dataset": DATASETS, "model": list_models(), "backbone": BACKBONES, "loss": tuple(LOSSES)}
+    choices = {"dataset": DATASETS, "model": list_models(), "backbone": BACKBONES, "loss": tuple(LOSSES),
+               "amp": AMP_MODES, "sync_bn": SYNC_BN_MODES}
     types = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("out", "resume", *skip):
@@ -124,6 +129,22 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
 
+def _add_plot(commands) -> None:
+    """The ``plot`` command's arguments."""
+    plot = commands.add_parser("plot", help="draw the loss and mIoU curves of run folders into a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `encnet train --out`")
+    plot.add_argument("--out", required=True, help="the PNG file to write, e.g. curves.png")
+
+
+def _add_export(commands) -> None:
+    """The ``export`` command's flags."""
+    command = commands.add_parser("export", help="export weights to ONNX, with their test protocol as metadata")
+    command.add_argument("--weights", required=True, help="a published name (see `encnet.models.zoo`) or a "
+                         "checkpoint file of encnet, PyTorch-Encoding or mmsegmentation")
+    command.add_argument("--onnx", required=True, help="the .onnx file to write")
+    command.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="encnet", description="EncNet: train, evaluate, sweep the SE-loss weight.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,10 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="checkpoint.pt to continue from (its settings are the default)")
 
     _add_evaluate(commands)
+    _add_plot(commands)
+    _add_export(commands)
 
     predict = commands.add_parser("predict", help="segment photos with published or trained weights")
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
-    predict.add_argument("--weights", required=True, help="a published name or a checkpoint file")
+    weights = predict.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--weights", help="a published name or a checkpoint file")
+    weights.add_argument("--onnx", help="a file of `encnet export`, run by ONNX Runtime on the CPU")
     predict.add_argument("--out", required=True,
                          help="folder for <image>_labels.png, <image>_overlay.png, <image>.json")
     predict.add_argument("--ms", action="store_true", help="the publisher's multi-scale + flip test")
@@ -148,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"published weights: {', '.join(zoo.PUBLISHED)}")
 
     sweep = commands.add_parser("sweep", help="SE-loss weight sweep, one JSON file", argument_default=argparse.SUPPRESS)
-    _add_run_flags(sweep, skip=("se_weight",))
+    _add_run_flags(sweep, skip=("se_weight", "tensorboard"))
     sweep.add_argument("--se-weights", type=float, nargs="+", required=True,
                        help="SE-loss weights (alpha) to train with, one run each per seed")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
@@ -269,20 +294,37 @@ def _run_predict(args: argparse.Namespace) -> None:
     for image in args.images:  # every file's header (exists, an 8-bit image, size) before the weights load
         with open_image(Path(image)):
             pass
-    _, _, device = setup_process(args.device)
-    model, entry = load_weights(args.weights)
-    model.to(device)
-    classes = entry.classes if entry is not None else model.classes
-    classes = classes or tuple(f"class {index}" for index in range(model.num_classes))
-    palette = entry.palette if entry is not None else next(
-        (d.palette for d in data.DATASETS.values() if d.classes == classes), voc_colormap(len(classes)))
+    if args.onnx is not None:  # the protocol, classes and palette from the file's metadata
+        model, entry = export.load_onnx(args.onnx), None
+    else:
+        _, _, device = setup_process(args.device)
+        model, entry = load_weights(args.weights)
+        model.to(device)
+    classes, palette = export.classes_and_palette(model, entry)
     protocol = _protocol(model, entry, args)
+    source = {"onnx": args.onnx} if args.onnx is not None else {"weights": args.weights}
     for image in args.images:
         result = inference.segment(model, image, protocol)
         record = inference.save_segmentation(result, image, args.out, Path(image).stem, classes=classes,
-                                             palette=palette, extra={"image": image, "weights": args.weights})
+                                             palette=palette, extra={"image": image, **source})
         top = ", ".join(f"{row['class']} {row['probability']:.2f}" for row in record["se_top10"][:5])
         print(f"{image} -> {Path(args.out) / Path(image).stem}_labels.png" + (f"  (SE: {top})" if top else ""))
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    export.require_packages()
+    target = Path(args.onnx)
+    if target.is_dir():
+        raise UserError(f"--onnx {args.onnx!r} is a folder, but it names the file to write; pass a file path, "
+                        f"e.g. {str(target / 'model.onnx')!r}")
+    check_writable(target.parent, "--onnx")
+    model, entry = load_weights(args.weights)
+    size = (256, 320)
+    path = export.export_onnx(model, target, opset=args.opset, example_size=size, entry=entry, weights=args.weights)
+    check = torch.randn(1, 3, size[0] + 40, size[1] - 56, generator=torch.Generator().manual_seed(1))
+    difference = export.largest_difference(model, export.load_onnx(path), check)
+    print(f"{args.weights} -> {path}  (ONNX Runtime vs PyTorch on a random {check.size(2)}x{check.size(3)} image: "
+          f"largest difference {difference:.1e} of the largest logit)")
 
 
 def _run_fetch(args: argparse.Namespace) -> None:
@@ -364,6 +406,10 @@ def _run_check_data(args: argparse.Namespace) -> None:
                         "(listed above); fix them, or extract or convert them again")
 
 
+def _run_plot(args: argparse.Namespace) -> None:
+    print(f"{', '.join(args.runs)} -> {plot_runs(args.runs, args.out)}")
+
+
 def _is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -392,8 +438,9 @@ def _terminate(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "fetch": _run_fetch,
-           "sweep": _run_sweep, "check-data": _run_check_data}
+    run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "export": _run_export,
+           "fetch": _run_fetch,
+           "sweep": _run_sweep, "check-data": _run_check_data, "plot": _run_plot}
     if "max_pixels" in args:  # the environment reaches the data loader's workers (read by data.folder.max_pixels)
         os.environ["ENCNET_MAX_PIXELS"] = str(args.max_pixels)
     main_thread = threading.current_thread() is threading.main_thread()

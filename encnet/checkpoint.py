@@ -9,6 +9,7 @@ containers::
      "num_classes": int, "classes": [str],  # the dataset the model was built for
      "iteration": int,                      # optimiser steps taken
      "model", "optimizer", "scheduler": state dicts,
+     "scaler": state dict,                  # only in runs with amp="fp16" (torch.amp.GradScaler)
      "rng": [per-rank random states],       # see :func:`rng_state`
      "history": [evaluation records], "losses": tensor of per-iteration losses}
 

@@ -35,6 +35,8 @@ from .errors import UserError
 BACKBONES = tuple(models.STAGE_CHANNELS)
 MAX_SEED = 2**31 - 1  # seed + rank must stay a 32-bit seed of numpy
 DATASETS = tuple(data.DATASETS)
+AMP_MODES = ("off", "bf16", "fp16")  # mixed precision: none, bfloat16 autocast, float16 autocast + GradScaler
+SYNC_BN_MODES = ("auto", "encnet", "torch", "off")  # batch norm across processes (encnet.distributed.sync_bn_kind)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ class TrainConfig:
             (``torch.channels_last``), on which oneDNN's convolutions run faster on a CPU
             (``benchmarks/train.py`` measures it). The same model and maths; a run differs from
             its NCHW twin by float rounding and by its dropout masks (drawn in memory order).
+        amp: mixed precision (automatic mixed precision, ``torch.autocast``) of the training step's
+            forward pass and loss, and of the validation's forward passes: "off" (float32), "bf16"
+            (bfloat16) or "fp16" (float16, with a ``torch.amp.GradScaler`` whose state is saved in
+            the checkpoints). The weights, the optimiser and the Encoding Layer's distances and
+            soft assignment stay float32 (:func:`encnet.nn.functional.encoding`).
+        sync_bn: batch norm over the processes of a multi-process run (one process: plain batch
+            norm, whatever this says): "encnet" (:class:`encnet.nn.SyncBatchNorm`, any device),
+            "torch" (``torch.nn.SyncBatchNorm``, CUDA with NCCL only), "off" (each process
+            normalises its own share of the batch) or "auto" (torch's on CUDA with NCCL, else
+            encnet's); see :func:`encnet.distributed.sync_bn_kind`.
         seed: seeds the model's initialisation, the data order and the augmentation.
         device: "auto" (the rank's GPU if there is one, else CPU), "cpu", "cuda" or "cuda:N".
         eval_every: evaluate on the validation split every this many epochs (and after the last).
@@ -78,6 +90,9 @@ class TrainConfig:
             3.5 for the 17 synthetic classes, 6.2 for ADE20K's 150, and only falls from
             there; 100 is 16x the largest, reached only by logits ~100 apart, i.e. a run
             that diverged (``--lr 20`` on synthetic-quick passes it at its 2nd iteration).
+        tensorboard: also log the losses, learning rate, speed, validation scores and a few
+            predictions for TensorBoard, into ``<out>/tensorboard/`` (:mod:`encnet.tensorboard`;
+            needs ``out`` and the tensorboard package).
         out: folder for checkpoint.pt, log.jsonl and metrics.json; None writes nothing.
         resume: a checkpoint.pt to continue from.
     """
@@ -110,11 +125,17 @@ class TrainConfig:
     poly_power: float = field(default=0.9, metadata={"help": "power of the poly learning-rate schedule"})
     workers: int = field(default=4, metadata={"help": "DataLoader workers per process"})
     channels_last: bool = field(default=False, metadata={"help": "NHWC memory format (faster convolutions on CPU)"})
+    amp: str = field(default="off", metadata={
+        "help": "mixed precision: off (float32, default), bf16, or fp16 (with a gradient scaler)"})
+    sync_bn: str = field(default="auto", metadata={
+        "help": "batch norm across processes: auto (default: torch's on CUDA+NCCL, else encnet's), encnet, torch, off"})
     seed: int = field(default=0, metadata={"help": "seeds the initialisation, the data order and the augmentation"})
     device: str = field(default="auto", metadata={"help": '"auto" (default), "cpu", "cuda" or "cuda:N"'})
     eval_every: int = field(default=1, metadata={"help": "evaluate every this many epochs"})
     max_loss: float = field(default=100.0, metadata={
         "help": "stop (diverged) when a batch's loss exceeds this (default 100)"})
+    tensorboard: bool = field(default=False, metadata={
+        "help": "log losses, lr, speed, scores and predictions for TensorBoard into <out>/tensorboard/"})
     out: str | None = field(default=None, metadata={"help": "folder for checkpoint.pt, log.jsonl, metrics.json"})
     resume: str | None = field(default=None, metadata={"help": "checkpoint.pt to continue from"})
 
@@ -145,6 +166,12 @@ class TrainConfig:
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED} (numpy's seeds are 32-bit, and each "
                             f"process adds its rank), got {self.seed!r}")
+        if self.amp not in AMP_MODES:
+            raise UserError(f"amp must be one of {', '.join(AMP_MODES)} (float32, bfloat16 or float16 mixed "
+                            f"precision), got {self.amp!r}; pass e.g. --amp bf16")
+        if self.sync_bn not in SYNC_BN_MODES:
+            raise UserError(f"sync_bn must be one of {', '.join(SYNC_BN_MODES)}, got {self.sync_bn!r}; "
+                            "pass e.g. --sync-bn auto")
         if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not models.get_model(self.model).se_branch:

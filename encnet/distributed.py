@@ -13,6 +13,9 @@ group, so the engine reads the same on 1 process or on N:
 - :func:`on_rank_zero`: run a function on rank 0 only (the one that owns the
   files), and give its value, or raise its error, on every rank, so that no
   rank is left waiting in a collective.
+- :func:`sync_bn_kind`, :func:`sync_batch_norms`, :func:`plain_batch_norms`:
+  which synchronised batch norm a run uses (``TrainConfig.sync_bn``: torch's
+  on CUDA with NCCL, the package's own elsewhere), converting to it and back.
 
 To run such code on several CPU processes of one machine (a notebook, a test),
 see :func:`encnet.teaching.processes.spawn`.
@@ -27,11 +30,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import UserError
+from .nn import convert_sync_batchnorm, revert_sync_batchnorm
 
-__all__ = ["all_reduce_sum", "gather_objects", "on_rank_zero", "setup_process", "show_progress"]
+__all__ = ["all_reduce_sum", "gather_objects", "on_rank_zero", "plain_batch_norms", "setup_process", "show_progress",
+           "sync_batch_norms", "sync_bn_kind"]
 
 
 def show_progress(progress: bool | None, rank: int) -> bool:
@@ -109,3 +115,63 @@ def on_rank_zero(fn: Callable[[], Any]) -> Any:
         kind, message = failure[0]
         raise kind(message)
     return value
+
+
+def sync_bn_kind(choice: str, device_type: str, backend: str) -> str:
+    """The synchronised batch norm ``TrainConfig.sync_bn`` = ``choice`` gives on ``device_type`` under ``backend``.
+
+    Returns "torch" (``torch.nn.SyncBatchNorm``), "encnet" (:class:`encnet.nn.SyncBatchNorm`)
+    or "off" (each process normalises its own share of the batch). "auto" is
+    torch's on CUDA with NCCL (its fused kernels), the package's own elsewhere
+    (gloo on CPUs, where torch's does not run); the other choices are taken as
+    they are.
+
+    Raises:
+        UserError: "torch" off CUDA or NCCL (torch's SyncBatchNorm trains only on CUDA tensors over NCCL).
+    """
+    if choice == "auto":
+        return "torch" if device_type == "cuda" and backend == "nccl" else "encnet"
+    if choice == "torch" and not (device_type == "cuda" and backend == "nccl"):
+        raise UserError(f"--sync-bn torch needs CUDA and the NCCL backend (torch.nn.SyncBatchNorm trains only on "
+                        f"GPUs), but this run is on {device_type} with {backend}; pass --sync-bn encnet (or auto)")
+    return choice
+
+
+def sync_batch_norms(model: nn.Module, choice: str, device: torch.device) -> nn.Module:
+    """``model`` with its batch norms synchronised over the default process group, as :func:`sync_bn_kind` says.
+
+    Without a group of two or more processes ``model`` is returned as it is. The
+    new layers share the old ones' parameters and buffers; :func:`plain_batch_norms`
+    turns either kind back into the classes it replaced.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model
+    kind = sync_bn_kind(choice, device.type, dist.get_backend())
+    if kind == "encnet":
+        return convert_sync_batchnorm(model)
+    if kind == "torch":
+        classes = {name: type(module) for name, module in model.named_modules() if isinstance(module, _BatchNorm)}
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        for name, module in model.named_modules():
+            if isinstance(module, nn.SyncBatchNorm):
+                module.reverts_to = classes[name]  # what plain_batch_norms restores (torch keeps no record)
+    return model
+
+
+def plain_batch_norms(module: nn.Module) -> nn.Module:
+    """The inverse of :func:`sync_batch_norms`: every synchronised batch norm back to the class it replaced."""
+    return revert_sync_batchnorm(_revert_torch_sync_bn(module))
+
+
+def _revert_torch_sync_bn(module: nn.Module) -> nn.Module:
+    """Every ``torch.nn.SyncBatchNorm`` of ``module`` back to its ``reverts_to`` class, sharing its tensors."""
+    if isinstance(module, nn.SyncBatchNorm):
+        plain = getattr(module, "reverts_to", nn.BatchNorm2d)(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        plain.weight, plain.bias = module.weight, module.bias
+        plain.running_mean, plain.running_var = module.running_mean, module.running_var
+        plain.num_batches_tracked = module.num_batches_tracked
+        return plain.train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, _revert_torch_sync_bn(child))
+    return module

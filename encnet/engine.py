@@ -16,7 +16,9 @@ earlier run's files safe); process setup and collectives are in
 
 The same function runs under ``torchrun --nproc_per_node=N -m encnet train ...``:
 it joins the process group (NCCL on GPUs, gloo on CPUs), converts every batch
-norm to :class:`encnet.nn.SyncBatchNorm`, wraps the model in
+norm to a synchronised one (``config.sync_bn``: by default ``torch.nn.SyncBatchNorm``
+on GPUs with NCCL, :class:`encnet.nn.SyncBatchNorm` on CPUs; see
+:func:`encnet.distributed.sync_bn_kind`), wraps the model in
 DistributedDataParallel and gives each rank ``batch_size / N`` images of every
 global batch. The cross-entropy is the mean over the labelled pixels of the
 *global* batch (:mod:`encnet.losses`), so N ranks compute one process's
@@ -37,6 +39,15 @@ iteration and the last good checkpoint) when the loss is not finite or exceeds
 parameter or buffer (batch norm running statistics included) is not finite
 after an update. No checkpoint with a non-finite tensor is ever written.
 
+Mixed precision. ``config.amp`` "bf16" or "fp16" runs the forward pass and the
+loss of every training step, and the validation's forward passes, under
+``torch.autocast`` (the weights, gradients and optimiser stay float32; the
+Encoding Layer computes in float32, :func:`encnet.nn.functional.encoding`).
+"fp16" scales the loss with a ``torch.amp.GradScaler``, whose state is saved in
+the checkpoints: a step whose gradients overflow float16 is skipped and the
+scale lowered, as the scaler does, and that is not a divergence (the loss and
+the weights stay finite); a non-finite loss still is.
+
 The model is the one ``config`` describes (:meth:`encnet.config.TrainConfig.build_model`,
 any registered head), the loss the one ``config.loss`` names
 (:data:`encnet.losses.LOSSES`). Every ``eval_every`` epochs the validation
@@ -56,6 +67,7 @@ import dataclasses
 import math
 import random
 import time
+import warnings
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -72,19 +84,28 @@ from .config import TrainConfig
 from .data import build_dataset
 from .data.check import check_files
 from .data.wrappers import KeyedAugmentation
-from .distributed import all_reduce_sum, gather_objects, on_rank_zero, setup_process, show_progress
+from .distributed import (
+    all_reduce_sum,
+    gather_objects,
+    on_rank_zero,
+    plain_batch_norms,
+    setup_process,
+    show_progress,
+    sync_batch_norms,
+)
 from .errors import UserError
-from .evaluation import evaluate
+from .evaluation import amp_autocast, evaluate
 from .inference import Protocol
 from .losses import build_loss, global_labelled
 from .models.convert import upgrade_keys
-from .nn import convert_sync_batchnorm, revert_sync_batchnorm
 from .runs import RunFolder
+from .tensorboard import TensorBoardLog
 
 __all__ = ["Diverged", "Run", "param_groups", "poly_schedule", "train"]
 
 # Settings that may change when a run is resumed: where it runs and what stops it, not what it computes.
-RESUMABLE_CHANGES = ("data_root", "workers", "device", "channels_last", "eval_every", "out", "resume", "max_loss")
+RESUMABLE_CHANGES = ("data_root", "workers", "device", "channels_last", "eval_every", "out", "resume", "max_loss",
+                     "tensorboard")
 
 
 class Diverged(UserError, FloatingPointError):
@@ -129,6 +150,8 @@ class Run:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
     saved: str | None = None  # the last good checkpoint: path and iteration, for messages
+    board: TensorBoardLog = dataclasses.field(default_factory=TensorBoardLog)  # a no-op without --tensorboard
+    scaler: torch.amp.GradScaler = dataclasses.field(init=False)  # amp="fp16"'s loss scaling; a no-op otherwise
 
     def __post_init__(self) -> None:
         config = self.config
@@ -136,6 +159,7 @@ class Run:
         self.criterion = build_loss(config.loss, config)
         self.augmented = KeyedAugmentation(self.train_set, config.seed)
         self.loader_generator = torch.Generator().manual_seed(config.seed)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
 
     @property
     def rank_batch(self) -> int:
@@ -170,8 +194,9 @@ def train(config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any
             fail their check, or the settings cannot run.
     """
     rank, world, device = setup_process(config.device)
-    with _open_folder(config) as folder:
+    with _open_folder(config) as folder, TensorBoardLog(config, folder) as board:
         run = _prepare(config, rank, world, device, folder, progress)
+        run.board = board
         for epoch in range(run.iteration // run.iterations_per_epoch, config.epochs):
             sums, seconds = _train_epoch(run, epoch)
             evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
@@ -209,7 +234,7 @@ def _prepare(config: TrainConfig, rank: int, world: int, device: torch.device, f
         )
     on_rank_zero(lambda: (check_files(train_set), check_files(val_set)))  # before the first iteration
     model = config.build_model(train_set.num_classes, pretrained=config.resume is None)
-    model = (convert_sync_batchnorm(model) if world > 1 else model).to(device, memory_format=_memory_format(config))
+    model = sync_batch_norms(model, config.sync_bn, device).to(device, memory_format=_memory_format(config))
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
     lr = config.lr * config.batch_size / 16
     optimizer = torch.optim.SGD(
@@ -258,6 +283,8 @@ def _restore(run: Run) -> None:
     load_model_state(run.model, upgrade_keys(checkpoint["model"]))
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
+    if "scaler" in checkpoint:  # written by amp="fp16" runs only
+        run.scaler.load_state_dict(checkpoint["scaler"])
     if not 0 <= checkpoint["iteration"] <= run.total:
         raise CheckpointError(
             f"the checkpoint is at iteration {checkpoint['iteration']}, past the end of this run's {run.total} "
@@ -287,6 +314,7 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
         values = _train_step(run, images, masks.to(run.device, non_blocking=True))
         sums += values
         run.losses.append(values[0].item())
+        run.board.training_step(run, values)
         bar.set_postfix(loss=f"{values[0].item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}",
                         img_s=f"{step * config.batch_size / (time.perf_counter() - start):.1f}")
     bar.close()
@@ -295,7 +323,8 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
 
 def _train_step(run: Run, images: Tensor, masks: Tensor) -> Tensor:
     """One SGD step on this rank's share of a global batch; returns [loss, its parts], global means, float64."""
-    loss, parts = run.criterion(run.net(images), masks, labelled=global_labelled(masks))
+    with amp_autocast(run.device, run.config.amp):
+        loss, parts = run.criterion(run.net(images), masks, labelled=global_labelled(masks))
     run.part_names = run.part_names or list(parts)
     values = all_reduce_sum(torch.stack([loss.detach(), *(parts[name] for name in run.part_names)])) / run.world
     value = values[0].item()
@@ -304,9 +333,12 @@ def _train_step(run: Run, images: Tensor, masks: Tensor) -> Tensor:
         raise Diverged(_divergence(run, run.iteration + 1, f"the loss is {value:.4g}, {bound}",
                                    "the weights were not updated with it"))
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    run.scheduler.step()
+    run.scaler.scale(loss).backward()  # the loss itself without a scaler (amp "off", "bf16")
+    run.scaler.step(run.optimizer)  # fp16: skipped if a gradient overflowed, the scale lowered by update()
+    run.scaler.update()
+    with warnings.catch_warnings():  # the schedule counts iterations, skipped steps included
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        run.scheduler.step()
     run.iteration += 1
     _check_finite_state(run)
     return values.double().cpu()
@@ -340,6 +372,7 @@ def _evaluate_epoch(run: Run, epoch: int, sums: Tensor, seconds: float) -> dict[
     """Score the validation split; the epoch's record (losses, lr, speed, metrics), added to the history."""
     config = run.config
     metrics = evaluate(run.model, run.val_set, Protocol(crop_size=config.crop_size), batch_size=run.rank_batch,
+                       amp=config.amp,
                        workers=config.workers, progress=run.progress)
     mean = (sums / run.iterations_per_epoch).tolist()
     record = {
@@ -348,6 +381,7 @@ def _evaluate_epoch(run: Run, epoch: int, sums: Tensor, seconds: float) -> dict[
         "images_per_s": run.iterations_per_epoch * config.batch_size / seconds, **metrics,
     }
     run.history.append(record)
+    run.board.evaluation(run, record)
     if show_progress(run.progress, run.rank):
         tqdm.write(f"epoch {epoch + 1}: loss {mean[0]:.4f}  pixAcc {metrics['pixAcc']:.4f}  "
                    f"mIoU {metrics['mIoU']:.4f}  {record['images_per_s']:.1f} images/s")
@@ -364,6 +398,7 @@ def _save(run: Run, record: dict[str, Any] | None) -> None:
         "classes": list(run.train_set.classes), "iteration": run.iteration,
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "rng": rng, "history": run.history,
+        **({"scaler": run.scaler.state_dict()} if run.scaler.is_enabled() else {}),
         "losses": torch.tensor(run.losses, dtype=torch.float64),
     }
     on_rank_zero(lambda: run.folder.save_checkpoint(checkpoint))
@@ -382,5 +417,5 @@ def _finish(run: Run) -> dict[str, Any]:
     return {
         "config": run.config.to_dict(), "classes": classes, "history": run.history, "losses": run.losses,
         "metrics": final, "checkpoint": str(Path(run.config.out) / "checkpoint.pt") if run.config.out else None,
-        "model": revert_sync_batchnorm(run.model) if run.world > 1 else run.model,
+        "model": plain_batch_norms(run.model) if run.world > 1 else run.model,
     }

@@ -184,7 +184,8 @@ def _resize(images: Tensor, size: tuple[int, int], align_corners: bool) -> Tenso
 def predict(model: nn.Module, images: Tensor, protocol: Protocol | None = None) -> Tensor:
     """Class probabilities (B, K, H, W) of normalised (B, 3, H, W) images under a test ``protocol``.
 
-    ``model`` (in eval mode) returns ``{"out": logits, ...}``. Every (scale,
+    ``model`` (in eval mode) returns ``{"out": logits, ...}``: an encnet model, or any
+    callable that does (:class:`encnet.export.OnnxModel`, ONNX Runtime). Every (scale,
     flip) view is resized (:func:`view_size`), segmented by :func:`sliding_window`,
     resized back and combined as ``protocol.combine`` says (see the module's
     docstring); the result sums to 1 over K, and its argmax is the predicted label.
@@ -285,7 +286,8 @@ def segment(model: nn.Module, image: Any, protocol: Protocol | None = None) -> S
     from one pass over the whole image at scale 1.
     """
     protocol = protocol or Protocol()
-    x = to_model_input(image).to(next(model.parameters()).device)
+    device = next(model.parameters()).device if isinstance(model, nn.Module) else "cpu"  # else an OnnxModel
+    x = to_model_input(image).to(device)
     labels = predict(model, x, protocol).argmax(1)[0].cpu()
     view = _resize(x, view_size(*x.shape[-2:], protocol, 1.0), protocol.align_corners)
     outputs = model(view)

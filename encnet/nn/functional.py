@@ -156,12 +156,23 @@ def encoding(x: Tensor, codewords: Tensor, smoothing: Tensor) -> Tensor:
     codewords (K, C), smoothing (K,) -> (B, K, C). Under autocast it runs in
     float32: the expanded distance subtracts large, nearly equal numbers, which
     half precision cannot do.
+
+    Two paths, the same operations and numbers: a call that autograd will
+    differentiate (gradients enabled and an input that requires them) goes through
+    the autograd Function :class:`_Encoding` and its hand-derived backward; any
+    other call (``torch.no_grad()``, inference, ``torch.onnx.export``) runs them as
+    plain tensor operations (:func:`encoding_autograd`), which tracers and
+    exporters see through (a custom Function is opaque to them) and which, with
+    nothing to differentiate, keep nothing for a backward either.
     """
     X = _as_descriptors(x, codewords.size(1))  # (B, C, N)
+    differentiated = torch.is_grad_enabled() and not torch.onnx.is_in_onnx_export() and any(
+        tensor.requires_grad for tensor in (X, codewords, smoothing))
+    compute = _Encoding.apply if differentiated else encoding_autograd
     if torch.is_autocast_enabled(X.device.type):
         with torch.autocast(device_type=X.device.type, enabled=False):
-            return _Encoding.apply(X.float(), codewords.float(), smoothing.float())
-    return _Encoding.apply(X, codewords, smoothing)
+            return compute(X.float(), codewords.float(), smoothing.float())
+    return compute(X, codewords, smoothing)
 
 
 def encoding_autograd(x: Tensor, codewords: Tensor, smoothing: Tensor) -> Tensor:
