@@ -90,6 +90,11 @@ class TrainConfig:
             3.5 for the 17 synthetic classes, 6.2 for ADE20K's 150, and only falls from
             there; 100 is 16x the largest, reached only by logits ~100 apart, i.e. a run
             that diverged (``--lr 20`` on synthetic-quick passes it at its 2nd iteration).
+        check_every: look for NaN or inf in the weights and batch-norm statistics every this
+            many steps (one fused reduction whose result travels with the next step's loss, so
+            it costs no host synchronisation of its own); the weights are always checked before
+            a checkpoint is written.
+        compile: run the model through ``torch.compile`` for training and for the validation.
         tensorboard: also log the losses, learning rate, speed, validation scores and a few
             predictions for TensorBoard, into ``<out>/tensorboard/`` (:mod:`encnet.tensorboard`;
             needs ``out`` and the tensorboard package).
@@ -134,6 +139,9 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata={"help": "evaluate every this many epochs"})
     max_loss: float = field(default=100.0, metadata={
         "help": "stop (diverged) when a batch's loss exceeds this (default 100)"})
+    check_every: int = field(default=1, metadata={
+        "help": "look for NaN/inf weights every this many steps (default 1; always before a checkpoint)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training and validation"})
     tensorboard: bool = field(default=False, metadata={
         "help": "log losses, lr, speed, scores and predictions for TensorBoard into <out>/tensorboard/"})
     out: str | None = field(default=None, metadata={"help": "folder for checkpoint.pt, log.jsonl, metrics.json"})
@@ -149,7 +157,7 @@ class TrainConfig:
         defaults = models.get_model(self.model).options
         object.__setattr__(self, "model_options",
                            {name: value for name, value in self.model_options.items() if value != defaults[name]})
-        for name in ("epochs", "batch_size", "crop_size", "base_size", "eval_every"):
+        for name in ("epochs", "batch_size", "crop_size", "base_size", "eval_every", "check_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")

@@ -37,7 +37,16 @@ Divergence. Training stops with :class:`Diverged` (the message names the
 iteration and the last good checkpoint) when the loss is not finite or exceeds
 ``config.max_loss`` (before the weights are updated with it), or when a
 parameter or buffer (batch norm running statistics included) is not finite
-after an update. No checkpoint with a non-finite tensor is ever written.
+after an update (found with the next step's read, or before the checkpoint,
+whichever comes first; the weights are left as that update made them). No checkpoint with a non-finite tensor is ever written.
+
+One host synchronisation a step. The loss, its parts and the count of
+non-finite weights from the last check (one fused reduction, every
+``config.check_every`` steps) travel in one all-reduce and are read on the host
+once, before the backward pass; the masks' labels are checked on the CPU,
+before they reach the device. The weights are also checked, with names, before
+each checkpoint. ``config.compile`` runs the training step's model and the
+validation's through ``torch.compile`` (the saved model is the plain module).
 
 Mixed precision. ``config.amp`` "bf16" or "fp16" runs the forward pass and the
 loss of every training step, and the validation's forward passes, under
@@ -97,6 +106,7 @@ from .errors import UserError
 from .evaluation import amp_autocast, evaluate
 from .inference import Protocol
 from .losses import build_loss, global_labelled
+from .metrics import labelled_pixels
 from .models.convert import upgrade_keys
 from .runs import RunFolder
 from .tensorboard import TensorBoardLog
@@ -105,7 +115,7 @@ __all__ = ["Diverged", "Run", "param_groups", "poly_schedule", "train"]
 
 # Settings that may change when a run is resumed: where it runs and what stops it, not what it computes.
 RESUMABLE_CHANGES = ("data_root", "workers", "device", "channels_last", "eval_every", "out", "resume", "max_loss",
-                     "tensorboard")
+                     "tensorboard", "check_every", "compile")
 
 
 class Diverged(UserError, FloatingPointError):
@@ -151,6 +161,8 @@ class Run:
     losses: list[float] = dataclasses.field(default_factory=list)
     saved: str | None = None  # the last good checkpoint: path and iteration, for messages
     board: TensorBoardLog = dataclasses.field(default_factory=TensorBoardLog)  # a no-op without --tensorboard
+    evaluated: nn.Module = dataclasses.field(init=False)  # what the validation runs: ``model``, or its compiled form
+    pending: Tensor = dataclasses.field(init=False)  # non-finite weights the last check found, read next step
     scaler: torch.amp.GradScaler = dataclasses.field(init=False)  # amp="fp16"'s loss scaling; a no-op otherwise
 
     def __post_init__(self) -> None:
@@ -160,6 +172,12 @@ class Run:
         self.augmented = KeyedAugmentation(self.train_set, config.seed)
         self.loader_generator = torch.Generator().manual_seed(config.seed)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.pending = torch.zeros((), device=self.device)
+        self.evaluated = self.model
+        if config.compile:  # the modules are shared: saving and loading ``model`` reach the compiled ones
+            self.net, self.evaluated = torch.compile(self.net), torch.compile(self.model)
+        if hasattr(self.criterion, "check_labels"):  # checked on the CPU by _train_epoch: no wait for the device
+            self.criterion.check_labels = False
 
     @property
     def rank_batch(self) -> int:
@@ -199,6 +217,7 @@ def train(config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any
         run.board = board
         for epoch in range(run.iteration // run.iterations_per_epoch, config.epochs):
             sums, seconds = _train_epoch(run, epoch)
+            _check_finite_state(run)  # whatever check_every says, no checkpoint holds a NaN
             evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
             record = _evaluate_epoch(run, epoch, sums, seconds) if evaluated else None
             _save(run, record)
@@ -310,6 +329,7 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show_progress(run.progress, run.rank),
                leave=False)
     for step, (images, masks) in enumerate(bar, start=1):
+        labelled_pixels(masks, run.train_set.num_classes)  # on the CPU: a label out of range is a UserError
         images = images.to(run.device, non_blocking=True, memory_format=_memory_format(config))
         values = _train_step(run, images, masks.to(run.device, non_blocking=True))
         sums += values
@@ -322,12 +342,24 @@ def _train_epoch(run: Run, epoch: int) -> tuple[Tensor, float]:
 
 
 def _train_step(run: Run, images: Tensor, masks: Tensor) -> Tensor:
-    """One SGD step on this rank's share of a global batch; returns [loss, its parts], global means, float64."""
+    """One SGD step on this rank's share of a global batch; returns [loss, its parts], global means, float64.
+
+    One host synchronisation: the loss, its parts and the count of non-finite
+    weights the last check found (:func:`_non_finite_count`, a device tensor)
+    are summed over the ranks in one collective and copied to the host in one
+    read, before the backward pass, so that a diverged loss never updates the
+    weights. (The labelled-pixel count the loss needs is a second collective,
+    read by no one on the host.)
+    """
     with amp_autocast(run.device, run.config.amp):
         loss, parts = run.criterion(run.net(images), masks, labelled=global_labelled(masks))
     run.part_names = run.part_names or list(parts)
-    values = all_reduce_sum(torch.stack([loss.detach(), *(parts[name] for name in run.part_names)])) / run.world
-    value = values[0].item()
+    local = [loss.detach(), *(parts[name] for name in run.part_names), run.pending]
+    reduced = all_reduce_sum(torch.stack([value.float() for value in local])).tolist()  # the one read
+    values = torch.tensor(reduced[:-1], dtype=torch.float64) / run.world
+    if reduced[-1] != 0:  # the weights the last step left are not finite: name them (a failure, syncs allowed)
+        _check_finite_state(run)
+    value = reduced[0] / run.world
     if not value <= run.config.max_loss:  # also true for NaN
         bound = "not finite" if not math.isfinite(value) else f"above max_loss={run.config.max_loss:g}"
         raise Diverged(_divergence(run, run.iteration + 1, f"the loss is {value:.4g}, {bound}",
@@ -340,14 +372,36 @@ def _train_step(run: Run, images: Tensor, masks: Tensor) -> Tensor:
         warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
         run.scheduler.step()
     run.iteration += 1
-    _check_finite_state(run)
-    return values.double().cpu()
+    checked = run.iteration % run.config.check_every == 0
+    run.pending = _non_finite_count(run) if checked else torch.zeros((), device=run.device)
+    return values
+
+
+def _state_tensors(run: Run) -> list[tuple[str, Tensor]]:
+    """The model's floating-point parameters and buffers (batch norm statistics included), by name."""
+    return [(name, tensor) for name, tensor in chain(run.model.named_parameters(), run.model.named_buffers())
+            if tensor.is_floating_point()]
+
+
+def _non_finite_count(run: Run) -> Tensor:
+    """How many parameters and buffers hold NaN or inf: a device scalar, from one fused reduction, not read here.
+
+    The largest absolute value of each tensor (``torch._foreach_norm`` with
+    ord=inf, one multi-tensor kernel on CUDA, as ``clip_grad_norm_`` uses it)
+    is NaN or inf exactly when the tensor holds a NaN or an inf.
+    """
+    tensors = [tensor.detach() for _, tensor in _state_tensors(run)]
+    largest = torch.stack(torch._foreach_norm(tensors, math.inf))
+    return (~torch.isfinite(largest)).sum()
 
 
 def _check_finite_state(run: Run) -> None:
-    """Raise :class:`Diverged` if a parameter or buffer (batch norm statistics included) holds NaN or inf."""
-    tensors = [(name, tensor) for name, tensor in chain(run.model.named_parameters(), run.model.named_buffers())
-               if tensor.is_floating_point()]
+    """Raise :class:`Diverged` if a parameter or buffer (batch norm statistics included) holds NaN or inf.
+
+    Reads the result on the host: called once per epoch, before the checkpoint,
+    and when a step's read says that the last check found a non-finite tensor.
+    """
+    tensors = _state_tensors(run)
     finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in tensors])
     if all_reduce_sum((~finite).sum()).item() == 0:  # every rank stops if one does
         return
@@ -371,7 +425,7 @@ def _divergence(run: Run, iteration: int, what: str, consequence: str) -> str:
 def _evaluate_epoch(run: Run, epoch: int, sums: Tensor, seconds: float) -> dict[str, Any]:
     """Score the validation split; the epoch's record (losses, lr, speed, metrics), added to the history."""
     config = run.config
-    metrics = evaluate(run.model, run.val_set, Protocol(crop_size=config.crop_size), batch_size=run.rank_batch,
+    metrics = evaluate(run.evaluated, run.val_set, Protocol(crop_size=config.crop_size), batch_size=run.rank_batch,
                        amp=config.amp,
                        workers=config.workers, progress=run.progress)
     mean = (sums / run.iterations_per_epoch).tolist()

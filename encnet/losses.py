@@ -51,15 +51,16 @@ from torch import Tensor, nn
 from .metrics import labelled_pixels
 
 
-def se_target(mask: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+def se_target(mask: Tensor, num_classes: int, ignore_index: int = 255, *, check: bool = True) -> Tensor:
     """Which classes each image contains: (B, H, W) labels -> (B, num_classes) 0/1 floats.
 
-    Raises UserError for a label outside ``[0, num_classes)`` that is not ``ignore_index``.
+    Raises UserError for a label outside ``[0, num_classes)`` that is not ``ignore_index`` (unless ``check`` is
+    False: the caller has checked the labels).
     """
     if mask.dim() < 2:
         raise ValueError(f"se_target expects a (B, H, W) mask, got shape {tuple(mask.shape)}")
     labels = mask.flatten(1).long()  # (B, HW)
-    valid = labelled_pixels(labels, num_classes, ignore_index)
+    valid = labelled_pixels(labels, num_classes, ignore_index) if check else labels != ignore_index
     # Scatter into one extra column that collects the ignored pixels, then drop it.
     present = torch.zeros(labels.size(0), num_classes + 1, device=mask.device)
     present.scatter_(1, torch.where(valid, labels, num_classes), 1.0)
@@ -128,18 +129,25 @@ class EncNetLoss(nn.Module):
     gradient of the global batch's CE, and the mean of the ranks' values is its
     value. The SE term is each rank's mean over its own images, which averages
     to the global mean because every rank holds the same number of images.
+
+    ``check_labels`` (an attribute, True by default): refuse a mask label outside
+    ``[0, K)`` that is not ``ignore_index``. On a GPU that check waits for the
+    device; :mod:`encnet.engine` turns it off and checks each batch's masks on
+    the CPU, before they are copied to the device.
     """
 
     def __init__(self, se_weight: float = 0.2, aux_weight: float = 0.2, ignore_index: int = 255) -> None:
         super().__init__()
         self.se_weight, self.aux_weight, self.ignore_index = se_weight, aux_weight, ignore_index
+        self.check_labels = True
 
     def forward(
         self, outputs: dict[str, Tensor], mask: Tensor, labelled: Tensor | int | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if "out" not in outputs:
             raise KeyError(f"EncNetLoss needs the model's 'out' logits, got keys {sorted(outputs)}")
-        valid = labelled_pixels(mask, outputs["out"].size(1), self.ignore_index)
+        valid = (labelled_pixels(mask, outputs["out"].size(1), self.ignore_index) if self.check_labels
+                 else mask != self.ignore_index)
         world = dist.get_world_size() if labelled is not None and dist.is_initialized() else 1
         count = valid.sum() if labelled is None else torch.as_tensor(labelled, device=mask.device)
         scale = world / count.clamp(min=1).to(outputs["out"].dtype)  # a batch with no labelled pixel: 0, not NaN
@@ -153,7 +161,7 @@ class EncNetLoss(nn.Module):
             parts["aux"] = cross_entropy(outputs["aux"])
             total = total + self.aux_weight * parts["aux"]
         if "se" in outputs:
-            target = se_target(mask, outputs["se"].size(1), self.ignore_index)
+            target = se_target(mask, outputs["se"].size(1), self.ignore_index, check=self.check_labels)
             parts["se"] = F.binary_cross_entropy_with_logits(outputs["se"], target.to(outputs["se"].dtype))
             total = total + self.se_weight * parts["se"]
         return total, {name: value.detach() for name, value in parts.items()}
