@@ -38,7 +38,8 @@ iteration and the last good checkpoint) when the loss is not finite or exceeds
 ``config.max_loss`` (before the weights are updated with it), or when a
 parameter or buffer (batch norm running statistics included) is not finite
 after an update (found with the next step's read, or before the checkpoint,
-whichever comes first; the weights are left as that update made them). No checkpoint with a non-finite tensor is ever written.
+whichever comes first; the weights are left as that update made them). No
+checkpoint with a non-finite tensor is ever written.
 
 One host synchronisation a step. The loss, its parts and the count of
 non-finite weights from the last check (one fused reduction, every
