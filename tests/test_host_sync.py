@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 import torch.distributed as dist
+from test_run_folder import overflow_statistics
 
 from encnet import engine
 from encnet.checkpoint import load_checkpoint, non_finite
-from encnet.config import TrainConfig
 
 # Tensor methods that copy a value to the host: on a GPU, each waits for the device.
 READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -68,28 +68,12 @@ def test_the_naive_step_of_before_read_the_host_three_times_or_more(monkeypatch,
     assert len(reads) >= 3, reads
 
 
-@pytest.mark.parametrize("check_every", [1, 3])
-def test_a_nan_buffer_is_caught_before_any_checkpoint_whatever_check_every(tmp_path, monkeypatch, tiny_config,
-                                                                           check_every):
-    """A running variance that overflows at the 3rd training pass (iteration 3 of 4, epoch 2): check_every=1 names
-    it at iteration 3 (read with step 4's loss); with check_every=3 the check of iteration 3 finds it as well, and
-    the epoch's last check would; the checkpoint of epoch 1 stays finite."""
-    build = TrainConfig.build_model
-
-    def overflowing(config, num_classes, **options):
-        model = build(config, num_classes, **options)
-        norm, calls = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)), []
-
-        def hook(module, inputs, output):
-            calls.append(module.training)
-            if sum(calls) == 3:
-                module.running_var = torch.full_like(module.running_var, float("inf"))
-
-        norm.register_forward_hook(hook)
-        return model
-
-    monkeypatch.setattr(TrainConfig, "build_model", overflowing)
-    config = dataclasses.replace(tiny_config, out=str(tmp_path), check_every=check_every)
+def test_a_nan_buffer_found_by_a_check_is_named_before_the_next_update(tmp_path, monkeypatch, tiny_config):
+    """A running variance that overflows at the 3rd training pass (iteration 3 of 4, epoch 2), with check_every=3:
+    the check after iteration 3 finds it, step 4's read names it; the checkpoint of epoch 1 stays finite.
+    (check_every=1 is tests/test_run_folder.py's case.)"""
+    overflow_statistics(monkeypatch, at_pass=3)
+    config = dataclasses.replace(tiny_config, out=str(tmp_path), check_every=3)
     with pytest.raises(engine.Diverged, match=r"diverged at iteration 3 of 4 \(epoch 2\): 1 parameter\(s\) or "
                                               r"buffer\(s\) hold NaN or infinite values"):
         engine.train(config, progress=False)
@@ -99,16 +83,7 @@ def test_a_nan_buffer_is_caught_before_any_checkpoint_whatever_check_every(tmp_p
 
 def test_with_checks_rarer_than_an_epoch_the_checkpoint_is_still_guarded(tmp_path, monkeypatch, tiny_config):
     """check_every=100 never checks within the run: the check before the epoch's checkpoint stops it."""
-    build = TrainConfig.build_model
-
-    def overflowing(config, num_classes, **options):
-        model = build(config, num_classes, **options)
-        norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-        norm.register_forward_hook(lambda module, inputs, output: setattr(
-            module, "running_var", torch.full_like(module.running_var, float("nan"))) if module.training else None)
-        return model
-
-    monkeypatch.setattr(TrainConfig, "build_model", overflowing)
+    overflow_statistics(monkeypatch, at_pass=1, value=float("nan"))
     config = dataclasses.replace(tiny_config, out=str(tmp_path), check_every=100)
     with pytest.raises(engine.Diverged, match=r"diverged at iteration 2 of 4 \(epoch 1\).*there is no good "
                                               r"checkpoint yet"):

@@ -156,23 +156,27 @@ def test_a_diverging_run_exits_non_zero_naming_the_iteration_and_writes_no_check
     assert sorted(path.name for path in out.iterdir()) == [".lock"]
 
 
-def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite(tmp_path, monkeypatch, tiny_config):
+def overflow_statistics(monkeypatch, at_pass: int, value: float = float("inf")) -> None:
+    """From now on the model's first batch norm gets running variance ``value`` at its ``at_pass``-th training pass."""
     build = TrainConfig.build_model
 
     def overflowing_statistics(config, num_classes, **options):
-        """The model, whose first batch norm's running variance overflows at the 3rd forward pass (epoch 2)."""
         model = build(config, num_classes, **options)
         norm, calls = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)), []
 
         def hook(module, inputs, output):
             calls.append(module.training)
-            if sum(calls) == 3:  # training passes only
-                module.running_var = torch.full_like(module.running_var, float("inf"))
+            if sum(calls) == at_pass:  # training passes only
+                module.running_var = torch.full_like(module.running_var, value)
 
         norm.register_forward_hook(hook)
         return model
 
     monkeypatch.setattr(TrainConfig, "build_model", overflowing_statistics)
+
+
+def test_a_non_finite_buffer_stops_training_and_the_last_checkpoint_stays_finite(tmp_path, monkeypatch, tiny_config):
+    overflow_statistics(monkeypatch, at_pass=3)  # iteration 3 of 4, epoch 2
     with pytest.raises(engine.Diverged, match=r"diverged at iteration 3 of 4 \(epoch 2\): 1 parameter\(s\) or "
                                               r"buffer\(s\) hold NaN or infinite values \(backbone\..*running_var\)"
                                               r".*the last good checkpoint, .*checkpoint\.pt \(iteration 2\), is left"):

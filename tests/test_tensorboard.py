@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_errors import one_error
 
 from encnet import engine
 from encnet.__main__ import main
@@ -31,16 +32,6 @@ SCALARS = {"loss/total", "loss/out", "loss/aux", "loss/se", "train/lr", "train/i
 
 class Interrupted(Exception):
     """Stands for a crash (a killed job) in the middle of training."""
-
-
-def one_error(argv, capsys, *expected):
-    """Run the command: it must exit 2 with one line on standard error holding every ``expected`` text."""
-    assert main(argv) == 2
-    error = capsys.readouterr().err
-    assert error.startswith("encnet: error: ") and error.count("\n") == 1 and "Traceback" not in error, error
-    for text in expected:
-        assert text in error, error
-    return error
 
 
 def events(folder) -> EventAccumulator:
