@@ -136,10 +136,18 @@ def test_a_full_disk_names_the_folder_and_leaves_the_last_checkpoint(tmp_path, c
     assert [path.name for path in out.iterdir() if path.name.endswith(".tmp")] == []
 
 
+def interruptible() -> None:
+    """In the child before it starts Python: SIGINT back to its default action. A shell that runs the tests in the
+    background (``make test &`` from a script) starts them with SIGINT ignored, which children inherit and Python
+    then keeps: no KeyboardInterrupt, as the shell intends for background jobs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_is_one_line_naming_the_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "encnet", "train", *QUICK, "--epochs", "200", "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 120
         while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and process.poll() is None:

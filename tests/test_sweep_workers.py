@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_failures import interruptible
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
 
@@ -44,7 +45,7 @@ def _sweep_with_workers(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
                "--se-weights", *[f"{alpha / 10:g}" for alpha in range(10)], "--seeds", "0", "1", "--jobs", "2",
                "--out", str(tmp_path / "sweep.json")]
     with open(tmp_path / "stderr.txt", "w") as stderr:  # a file: a worker left alive holds no pipe open
-        process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(command, stderr=stderr, stdout=subprocess.DEVNULL, preexec_fn=interruptible,
                                    env={**os.environ, "OMP_NUM_THREADS": "2"})
     deadline = time.monotonic() + 120
     workers: set[int] = set()
