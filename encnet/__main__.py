@@ -127,6 +127,9 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--predictions", help="folder for palette PNGs of the predictions")
     evaluate.add_argument("--out", help="JSON file for the metrics (default: print only)")
     evaluate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    evaluate.add_argument("--amp", choices=AMP_MODES, default="off",
+                          help="mixed precision of the forward passes: off (float32, default), bf16 or fp16")
+    evaluate.add_argument("--compile", action="store_true", help="run the model through torch.compile")
 
 
 def _add_plot(commands) -> None:
@@ -262,6 +265,11 @@ def _protocol(model, entry, args: argparse.Namespace) -> Protocol:
     return protocol.multi_scale() if args.ms else protocol
 
 
+def _compiled(model: Any, args: argparse.Namespace) -> Any:
+    """``model``, through ``torch.compile`` with ``--compile`` (each new image size compiles again)."""
+    return torch.compile(model) if args.compile else model
+
+
 def _evaluate_weights(args: argparse.Namespace) -> None:
     rank, _, device = setup_process(args.device)
     model, entry = load_weights(args.weights)
@@ -274,8 +282,8 @@ def _evaluate_weights(args: argparse.Namespace) -> None:
                          "pass the dataset the weights were trained on")
     check_files(dataset)
     protocol = _protocol(model, entry, args)
-    metrics = evaluate(model.to(device), dataset, protocol, batch_size=1, workers=args.workers,
-                       predictions=args.predictions, progress=args.progress)
+    metrics = evaluate(_compiled(model.to(device), args), dataset, protocol, batch_size=1, workers=args.workers,
+                       predictions=args.predictions, progress=args.progress, amp=args.amp)
     if rank == 0:
         if args.out:
             write_json(args.out, {**metrics, "classes": list(dataset.classes), "weights": args.weights,
@@ -362,8 +370,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     check_compatible(checkpoint, model=config.model, backbone=config.backbone, num_classes=dataset.num_classes)
     check_files(dataset, same_size=args.batch_size > 1)
     protocol = Protocol(crop_size=args.crop_size or config.crop_size)
-    metrics = evaluate(model, dataset, protocol.multi_scale() if args.ms else protocol, batch_size=args.batch_size,
-                       workers=args.workers, predictions=args.predictions, progress=args.progress)
+    metrics = evaluate(_compiled(model, args), dataset, protocol.multi_scale() if args.ms else protocol,
+                       batch_size=args.batch_size, workers=args.workers, predictions=args.predictions,
+                       progress=args.progress, amp=args.amp)
     if rank == 0:
         if args.out:
             write_json(args.out, {**metrics, "classes": checkpoint["classes"], "checkpoint": args.checkpoint,

@@ -163,3 +163,16 @@ def test_installed_command(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert done.returncode == 2
     assert "ade20k-encnet-r50" in done.stderr
+
+
+def test_evaluate_in_bf16_and_compiled_lands_on_the_float32_scores(quick, tmp_path):
+    """`encnet evaluate --amp bf16` and `--compile` score what float32 eager does, up to rounding."""
+    checkpoint = str(quick[0] / "checkpoint.pt")
+    scores = {}
+    for name, flags in [("eager", []), ("bf16", ["--amp", "bf16"]), ("compiled", ["--compile"])]:
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", checkpoint, "--batch-size", "8", "--workers", "0", "--out", str(out), *flags]) == 0
+        scores[name] = json.loads(out.read_text())
+    assert scores["compiled"]["pixAcc"] == pytest.approx(scores["eager"]["pixAcc"], abs=1e-4)
+    assert scores["bf16"]["pixAcc"] == pytest.approx(scores["eager"]["pixAcc"], abs=0.01)
+    assert scores["bf16"]["mIoU"] == pytest.approx(scores["eager"]["mIoU"], abs=0.01)
