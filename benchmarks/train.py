@@ -21,8 +21,8 @@ The medians are printed with the projected training time of ``make
 reproduce``'s 9 runs. Then mixed precision: training images/s of the
 ``synthetic`` preset (EncNet + SE-loss) in float32 against bf16 autocast
 (``amp="bf16"``), interleaved rounds of one process on all threads, and the
-ratio of the medians (``--precision-only`` measures this alone). Then the wall time of each phase of the last ``make
-reproduce`` (build/reproduce_phases.json, written by notebooks/reproduce.py),
+ratio of the medians (``--precision-only`` measures this alone). Then the wall
+time of each phase of the last ``make reproduce`` (build/reproduce_phases.json, written by notebooks/reproduce.py),
 and last the ``synthetic-quick`` smoke run timed end to end as a command
 (``python -m encnet train --preset synthetic-quick``, start-up included; target:
 under 30 s).

@@ -308,7 +308,7 @@ def _run_predict(args: argparse.Namespace) -> None:
         _, _, device = setup_process(args.device)
         model, entry = load_weights(args.weights)
         model.to(device)
-    classes, palette = export.classes_and_palette(model, entry)
+    classes, palette = inference.classes_and_palette(model, entry)
     protocol = _protocol(model, entry, args)
     source = {"onnx": args.onnx} if args.onnx is not None else {"weights": args.weights}
     for image in args.images:
@@ -448,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     run = {"train": _run_train, "evaluate": _run_evaluate, "predict": _run_predict, "export": _run_export,
-           "fetch": _run_fetch,
-           "sweep": _run_sweep, "check-data": _run_check_data, "plot": _run_plot}
+           "fetch": _run_fetch, "sweep": _run_sweep, "check-data": _run_check_data, "plot": _run_plot}
     if "max_pixels" in args:  # the environment reaches the data loader's workers (read by data.folder.max_pixels)
         os.environ["ENCNET_MAX_PIXELS"] = str(args.max_pixels)
     main_thread = threading.current_thread() is threading.main_thread()

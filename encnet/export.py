@@ -50,14 +50,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import DATASETS, voc_colormap
+from .data import DATASETS
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
-from .inference import Protocol
+from .inference import Protocol, classes_and_palette
 
 __all__ = [
-    "METADATA_KEY", "OnnxModel", "classes_and_palette", "export_onnx", "largest_difference", "load_onnx",
-    "require_packages",
+    "METADATA_KEY", "OnnxModel", "export_onnx", "largest_difference", "load_onnx", "require_packages",
 ]
 
 METADATA_KEY = "encnet"
@@ -75,26 +74,6 @@ def require_packages(*modules: str) -> list[Any]:
     except ImportError as error:
         raise UserError(f"ONNX export and inference need the packages onnx, onnxscript and onnxruntime "
                         f"({error.name or error} is missing): pip install encnet[export]") from None
-
-
-def classes_and_palette(
-    model: Any, entry: Any = None, num_classes: int | None = None
-) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
-    """The class names and colours of some weights.
-
-    Those of the published ``entry`` if given; else the model's ``classes`` (``class 0``,
-    ``class 1``... up to ``num_classes``, default ``model.num_classes``, if it has none)
-    and its ``palette`` if it has one (an :class:`OnnxModel`), else the palette of the
-    dataset with those classes, else the VOC colour map.
-    """
-    classes = entry.classes if entry is not None else getattr(model, "classes", None)
-    count = num_classes if num_classes is not None else model.num_classes
-    classes = tuple(classes or (f"class {index}" for index in range(count)))
-    if entry is not None and entry.palette:
-        return classes, tuple(entry.palette)
-    palette = getattr(model, "palette", None) or next(
-        (dataset.palette for dataset in DATASETS.values() if dataset.classes == classes), voc_colormap(len(classes)))
-    return classes, tuple(tuple(colour) for colour in palette)
 
 
 class _Outputs(nn.Module):

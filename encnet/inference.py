@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .data import DATASETS, voc_colormap
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
 from .viz import overlay, save_palette_png
@@ -316,3 +317,23 @@ def save_segmentation(result: Segmentation, image: Any, out: str | os.PathLike, 
     }
     (out / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def classes_and_palette(
+    model: Any, entry: Any = None, num_classes: int | None = None
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """The class names and colours of some weights.
+
+    Those of the published ``entry`` if given; else the model's ``classes`` (``class 0``,
+    ``class 1``... up to ``num_classes``, default ``model.num_classes``, if it has none)
+    and its ``palette`` if it has one (an :class:`encnet.export.OnnxModel`), else the palette of the
+    dataset with those classes, else the VOC colour map.
+    """
+    classes = entry.classes if entry is not None else getattr(model, "classes", None)
+    count = num_classes if num_classes is not None else model.num_classes
+    classes = tuple(classes or (f"class {index}" for index in range(count)))
+    if entry is not None and entry.palette:
+        return classes, tuple(entry.palette)
+    palette = getattr(model, "palette", None) or next(
+        (dataset.palette for dataset in DATASETS.values() if dataset.classes == classes), voc_colormap(len(classes)))
+    return classes, tuple(tuple(colour) for colour in palette)

@@ -21,3 +21,12 @@ def test_a_compiled_run_follows_the_eager_one(tiny_config):
     assert not any(key.startswith("_orig_mod") for key in state)  # the saved model is the plain module
     for key, value in eager["model"].state_dict().items():
         torch.testing.assert_close(state[key], value, rtol=1e-3, atol=1e-4)
+
+
+def test_encnet_compiles_into_one_graph_without_breaks():
+    """What README says: the Encoding Layer's autograd Function is traced, nothing falls back to Python."""
+    from encnet.models import build_model
+
+    model = build_model("encnet", "small", num_classes=17).train()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
