@@ -107,7 +107,7 @@ def main() -> None:
 
     base = preset("synthetic")
     size = base.dataset_options.get("image_size", base.crop_size)
-    print(f"synthetic preset: {size}x{size} images, batch {base.batch_size}, backbone {base.backbone}, "
+    print(f"synthetic preset: {size}x{size // 2} images, batch {base.batch_size}, backbone {base.backbone}, "
           f"{base.dataset_options['train_samples']} training / {base.dataset_options['val_samples']} "
           f"validation images, {base.epochs} epochs; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")

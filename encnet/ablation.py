@@ -81,7 +81,7 @@ def table(sweep: dict[str, Any]) -> str:
     config = sweep["config"]
     options = config["dataset_options"]
     size = options.get("image_size", config["crop_size"])
-    title = (f"SE-loss ablation on SyntheticScenes ({size}x{size}, {options['train_samples']} train / "
+    title = (f"SE-loss ablation on SyntheticScenes ({size}x{size // 2}, {options['train_samples']} train / "
              f"{options['val_samples']} val images, {config['epochs']} epochs, {config['backbone']} backbone), "
              "validation set")
     header = (f"{'method':17} {'encoding':8} {'SE-loss':7}  {'pixAcc %':22} {'mIoU %':22} | paper, PASCAL-Context "
@@ -116,13 +116,51 @@ def compare(recomputed: dict[str, Any], committed: dict[str, Any]) -> str:
 
 def ordering(sweep: dict[str, Any], *, margin: float = 5.0) -> list[str]:
     """One line per seed present in all three methods: whether mIoU(FCN) < mIoU(EncNet) < mIoU(EncNet + SE-loss)
-    and mIoU(EncNet + SE-loss) - mIoU(FCN) >= ``margin`` points."""
+    with each of the two steps at least ``margin`` points."""
     by_seed = [{run["seed"]: 100 * run["mIoU"] for run in runs_of(sweep, method.model, method.alpha)}
                for method in METHODS]
     lines = []
     for seed in sorted(set.intersection(*(set(values) for values in by_seed))):
         fcn, encnet, se = (values[seed] for values in by_seed)
-        holds = fcn < encnet < se and se - fcn >= margin
-        lines.append(f"seed {seed}: FCN {fcn:.2f} < EncNet {encnet:.2f} < EncNet + SE-loss {se:.2f}, ends "
-                     f"{se - fcn:+.2f} points (at least {margin:g}): {'holds' if holds else 'DOES NOT HOLD'}")
+        holds = encnet - fcn >= margin and se - encnet >= margin
+        lines.append(f"seed {seed}: FCN {fcn:.2f} < EncNet {encnet:.2f} < EncNet + SE-loss {se:.2f}, steps "
+                     f"{encnet - fcn:+.2f} and {se - encnet:+.2f} points (each at least {margin:g}): "
+                     f"{'holds' if holds else 'DOES NOT HOLD'}")
     return lines
+
+
+def last_third_gain(run: dict[str, Any]) -> float:
+    """mIoU points a run gained over the last third of its training: its final validation mIoU minus the
+    one at the last evaluation at or before 2/3 of its epochs (its history must have one there)."""
+    history = run["history"]
+    epochs = history[-1]["epoch"]
+    before = [record for record in history if record["epoch"] <= 2 * epochs / 3]
+    if not before:
+        raise UserError(f"run {run['model']} seed {run['seed']} was evaluated only after 2/3 of its training; "
+                        "train it with eval_every=1 to see its curve")
+    return 100 * (history[-1]["mIoU"] - before[-1]["mIoU"])
+
+
+def ambiguous_iou(run: dict[str, Any], ambiguous: tuple[int, ...]) -> float:
+    """Mean IoU (%) of a run over the classes ``ambiguous`` (``SyntheticScenes.ambiguous``)."""
+    return 100 * statistics.mean(run["IoU"][c] for c in ambiguous)
+
+
+def cost(config: Any, num_classes: int) -> dict[str, float]:
+    """Parameters and floating-point operations of the model ``config`` builds, on one image of its size.
+
+    ``config`` is a :class:`encnet.config.TrainConfig`; the model is built randomly initialised
+    and counted in eval mode (what is run at test time: no auxiliary head), one image of
+    ``crop_size`` rows and half as many columns (the synthetic scenes) or a square crop.
+    FLOPs are ``torch.utils.flop_counter``'s count (a multiply-add is 2 FLOPs; convolutions and
+    matrix products only). Parameters include the training-only auxiliary head.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = config.build_model(num_classes, pretrained=False).eval()
+    height = config.crop_size
+    width = height // 2 if config.dataset == "synthetic" else height
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, height, width))
+    return {"parameters": sum(p.numel() for p in model.parameters()), "flops": counter.get_total_flops()}

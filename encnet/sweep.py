@@ -52,6 +52,7 @@ def sweep(
     alphas: list[float],
     seeds: list[int],
     with_fcn: bool = False,
+    models: dict[str, dict[str, Any]] | None = None,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
     jobs: int = 1,
@@ -59,8 +60,11 @@ def sweep(
     """The SE-loss weight sweep: train EncNet with ``se_weight = alpha`` for every alpha and seed.
 
     ``with_fcn`` adds an FCN run per seed, so the ablation table (FCN, EncNet
-    (alpha = 0), EncNet + SE-loss) comes from one file. Every run is ``config``
-    with ``se_weight``, ``seed`` (and ``model``) replaced and no files of its own.
+    (alpha = 0), EncNet + SE-loss) comes from one file. ``models`` adds a run per
+    seed of each other registered model without an SE branch, ``{name: its head
+    options}`` (``{"aspp": {"rate": 5}, "pool": {}}``: the heads that get context
+    by receptive field). Every run is ``config`` with ``se_weight``, ``seed`` (and
+    ``model``, ``model_options``) replaced and no files of its own.
     ``out``: a JSON file, rewritten after each run; runs it already holds (for
     the same base config) are not trained again, so an interrupted sweep
     continues where it stopped. The sweep holds the lock of the folder ``out``
@@ -73,10 +77,14 @@ def sweep(
     with ``jobs=1``, each run's own bars). Returns what the file holds::
 
         {"config": base config, "alphas": [...], "seeds": [...],
-         "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history"}]}
+         "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history", "seconds"}]}
+
+    (``"models"`` too when ``models`` is given; ``seconds`` is each run's wall time.)
     """
     base = dataclasses.replace(config, out=None, resume=None)
     result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
+    if models:
+        result["models"] = {name: dict(options) for name, options in models.items()}
     rank, world, _ = setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
     if not isinstance(jobs, int) or jobs < 1 or (jobs > 1 and world > 1):
         raise UserError(f"jobs must be a positive integer, and 1 under torchrun (here {world} processes), got "
@@ -89,9 +97,10 @@ def sweep(
             dist.broadcast_object_list(shared, src=0)
             result["runs"] = shared[0]
         planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
+        planned += [(model, 0.0, seed) for model in models or {} for seed in seeds]
         planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
         done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
-        todo = [_sweep_config(base, model, alpha, seed) for model, alpha, seed in planned
+        todo = [_sweep_config(base, model, alpha, seed, (models or {}).get(model)) for model, alpha, seed in planned
                 if (model, alpha, seed) not in done]
         bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run",
                    disable=not show_progress(progress, rank))
@@ -106,10 +115,13 @@ def sweep(
     return result
 
 
-def _sweep_config(base: TrainConfig, model: str, alpha: float, seed: int) -> TrainConfig:
-    """One run of a sweep: ``base`` with its model (keeping the options that model takes), alpha and seed."""
-    takes = get_model(model).options
-    options = {name: value for name, value in base.model_options.items() if name in takes}
+def _sweep_config(
+    base: TrainConfig, model: str, alpha: float, seed: int, options: dict[str, Any] | None = None
+) -> TrainConfig:
+    """One run of a sweep: ``base`` with its model (with ``options``, or the base's that it takes), alpha, seed."""
+    if options is None:
+        takes = get_model(model).options
+        options = {name: value for name, value in base.model_options.items() if name in takes}
     return dataclasses.replace(base, model=model, model_options=options, se_weight=alpha, seed=seed)
 
 
@@ -163,9 +175,10 @@ def _exit_without_parent(parent: int) -> None:
 
 def _sweep_record(config: TrainConfig, *, progress: bool | None) -> dict[str, Any]:
     """Train one run of a sweep; its record in the sweep file (metrics and history, no weights)."""
+    start = time.perf_counter()
     run = train(config, progress=progress)
     return {"model": config.model, "se_weight": config.se_weight, "seed": config.seed, **run["metrics"],
-            "history": run["history"]}
+            "history": run["history"], "seconds": round(time.perf_counter() - start, 1)}
 
 
 def read_sweep_file(out: str | os.PathLike | None, base: TrainConfig) -> list[dict[str, Any]]:

@@ -49,7 +49,7 @@ MODELS = ("fcn", "encnet")  # models/{model}_synthetic.pt
 RECIPE: dict[str, Any] = {
     "models": {
         "preset": "synthetic",
-        "overrides": {"dataset_options": {"image_size": 64, "train_samples": 2000, "val_samples": 200},
+        "overrides": {"dataset_options": {"image_size": 128, "train_samples": 2000, "val_samples": 200},
                       "eval_every": 1, "device": "cpu", "channels_last": False},
     },
     "sweep": {
@@ -68,7 +68,7 @@ RECIPE: dict[str, Any] = {
 SWEEPS = {"sweep": "se_loss_sweep.json", "long": "se_loss_long.json"}  # results/{file}
 JOBS = 2  # runs trained side by side, one thread each (faster than one run on two threads on 2 cores)
 # The same under the quick switch (ENCNET_QUICK=1): tiny runs that check the recipe, not results.
-_TINY = {"epochs": 1, "dataset_options": {"image_size": 64, "train_samples": 8, "val_samples": 8}}
+_TINY = {"epochs": 1, "dataset_options": {"image_size": 128, "train_samples": 8, "val_samples": 8}}
 QUICK_RECIPE: dict[str, Any] = {
     "models": {"preset": "synthetic-quick", "overrides": {**_TINY, "device": "cpu"}},
     "sweep": {"preset": "synthetic-quick", "overrides": _TINY, "alphas": [0.2], "seeds": [0]},

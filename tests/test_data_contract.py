@@ -22,7 +22,7 @@ TREES = {"ade20k": make_ade, "pcontext": make_pcontext, "voc": make_voc}
 def raw_instance(name: str, root: Path):
     """A small instance of the class ``DATASETS[name]`` itself, without transforms."""
     if name == "synthetic":
-        return DATASETS[name]("val", num_samples=3, image_size=64)
+        return DATASETS[name]("val", num_samples=3, image_size=128)
     TREES[name](root)
     return DATASETS[name](root, "val")
 
@@ -30,7 +30,7 @@ def raw_instance(name: str, root: Path):
 def built(name: str, root: Path):
     """The "val" split of ``name`` as build_dataset gives it (crops of 4 x 4 for the 8 x 8 fixture images)."""
     if name == "synthetic":
-        return build_dataset(name, "val", crop_size=64, val_samples=3)
+        return build_dataset(name, "val", crop_size=128, val_samples=3)
     TREES[name](root)
     return build_dataset(name, "val", root=root, crop_size=4)
 
@@ -65,7 +65,7 @@ def test_the_classes_keep_the_contract(name, tmp_path):
     assert image.ndim == 3 and image.shape[0] == 3 and tuple(image.shape[1:]) == tuple(mask.shape)
     check_labels(mask, dataset.num_classes)
     if name == "synthetic":  # rendered at its final size, normalised, nothing ignored
-        assert image.dtype == torch.float32 and image.shape == (3, 64, 64)
+        assert image.dtype == torch.float32 and image.shape == (3, 128, 64)
         assert not (mask == IGNORE_INDEX).any()
     else:  # the files as read, to be transformed
         assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8 and image.shape == (3, 8, 8)
@@ -77,9 +77,9 @@ def test_build_dataset_gives_normalised_images_and_int64_masks(name, tmp_path):
     dataset = built(name, tmp_path)
     check_class_members(dataset)
     image, mask = dataset[0]
-    size = 64 if name == "synthetic" else 4
-    assert type(image) is torch.Tensor and image.dtype == torch.float32 and image.shape == (3, size, size)
-    assert type(mask) is torch.Tensor and mask.dtype == torch.int64 and mask.shape == (size, size)
+    size = (128, 64) if name == "synthetic" else (4, 4)
+    assert type(image) is torch.Tensor and image.dtype == torch.float32 and image.shape == (3, *size)
+    assert type(mask) is torch.Tensor and mask.dtype == torch.int64 and mask.shape == size
     check_labels(mask, dataset.num_classes)
     assert image.min() < 0 < image.max(), "normalised with the ImageNet mean and std, not in [0, 1]"
 

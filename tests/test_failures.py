@@ -73,7 +73,7 @@ def read_only() -> Path:
     (["train", *QUICK, "--seed", "99999999999"], "got 99999999999"),
     (["sweep", "--preset", "synthetic-quick", "--se-weights", "0", "--seeds", "-1"], "seed must be an integer"),
     (["train", *QUICK, "--device", "meta"], "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
-    (["train", *QUICK, "--crop-size", "32"], "rendered at image_size=64 and never cropped, but crop_size=32"),
+    (["train", *QUICK, "--crop-size", "32"], "rendered at image_size=128 and never cropped, but crop_size=32"),
 ], ids=["seed-negative", "seed-huge", "sweep-seed", "device-meta", "synthetic-crop"])
 def test_bad_settings_are_one_line(argv, expected, tmp_path, capsys):
     out = ["--out", str(tmp_path / ("sweep.json" if argv[0] == "sweep" else "run"))]

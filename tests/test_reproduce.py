@@ -15,14 +15,15 @@ from encnet.evaluation import memory_format_of
 from encnet.sweep import sweep
 
 TINY = dataclasses.replace(preset("synthetic-quick"), epochs=1,
-                           dataset_options={"image_size": 64, "train_samples": 16, "val_samples": 8})
+                           dataset_options={"image_size": 128, "train_samples": 16, "val_samples": 8})
 
 
 def _without_speed(runs):
-    """The sweep's records as JSON (NaN IoUs compare equal) keyed by run, without the measured speed."""
+    """The sweep's records as JSON (NaN IoUs compare equal) keyed by run, without the measured speed and time."""
+    timeless = [{k: v for k, v in run.items() if k != "seconds"} for run in runs]
     return {(run["model"], run["se_weight"], run["seed"]): json.dumps(
             {**run, "history": [{k: v for k, v in h.items() if k != "images_per_s"} for h in run["history"]]},
-            sort_keys=True) for run in runs}
+            sort_keys=True) for run in timeless}
 
 
 def test_two_jobs_train_the_same_runs_as_one(monkeypatch):
@@ -71,7 +72,8 @@ def test_the_table_and_the_comparison_with_the_committed_spread():
     recomputed = _sweep({("fcn", 0.0): [0.51, 0.52, 0.53], ("encnet", 0.0): [0.70, 0.70, 0.70],
                          ("encnet", 0.2): [0.71, 0.73, 0.75]})
     table = ablation.table(committed).splitlines()
-    assert "2000 train / 500 val images, 3 epochs" in table[0]
+    epochs = preset("synthetic").epochs
+    assert f"SyntheticScenes (128x64, 2000 train / 500 val images, {epochs} epochs" in table[0]
     assert table[2].startswith("FCN") and "52.00 ± 2.00 (3 seeds)" in table[2] and table[2].endswith("73.4 / 41.0")
     lines = {line[:24].strip(): line for line in ablation.compare(recomputed, committed).splitlines()[1:]}
     assert lines["FCN               mIoU"].endswith("yes: 52.00 in [50.00, 54.00]")
@@ -80,11 +82,36 @@ def test_the_table_and_the_comparison_with_the_committed_spread():
     assert "cannot tell: no recomputed runs" in missing
 
 
-def test_the_ordering_is_checked_seed_by_seed_with_a_margin():
-    sweep = _sweep({("fcn", 0.0): [0.50, 0.50], ("encnet", 0.0): [0.60, 0.53], ("encnet", 0.2): [0.70, 0.54]})
-    holds, too_close = ablation.ordering(sweep)
-    assert holds.startswith("seed 0:") and holds.endswith("+20.00 points (at least 5): holds")
-    assert too_close.startswith("seed 1:") and too_close.endswith("DOES NOT HOLD")
+def test_the_ordering_is_checked_seed_by_seed_with_a_margin_on_each_step():
+    sweep = _sweep({("fcn", 0.0): [0.50, 0.50, 0.50], ("encnet", 0.0): [0.60, 0.53, 0.51],
+                    ("encnet", 0.2): [0.70, 0.60, 0.70]})
+    holds, first_step_short, second_step_short = ablation.ordering(sweep)
+    assert holds.startswith("seed 0:") and holds.endswith("+10.00 and +10.00 points (each at least 5): holds")
+    assert first_step_short.startswith("seed 1:") and first_step_short.endswith("DOES NOT HOLD")
+    assert "+1.00 and +19.00" in second_step_short and second_step_short.endswith("DOES NOT HOLD")
+
+
+def test_the_last_third_gain_reads_the_validation_curve():
+    history = [{"epoch": epoch, "mIoU": value} for epoch, value in enumerate([0.2, 0.5, 0.6, 0.7, 0.71, 0.72], 1)]
+    run = {"model": "fcn", "seed": 0, "history": history}
+    assert ablation.last_third_gain(run) == pytest.approx(2.0)  # epoch 4 (= 2/3 of 6) to epoch 6
+    with pytest.raises(UserError, match="eval_every=1"):
+        ablation.last_third_gain({**run, "history": history[-1:]})
+    iou = [0.5] * 17
+    for c in (3, 4):
+        iou[c] = 0.1
+    assert ablation.ambiguous_iou({"IoU": iou}, (3, 4)) == pytest.approx(10.0)
+
+
+def test_cost_counts_parameters_and_flops_of_the_built_model():
+    config = preset("synthetic")
+    fcn = ablation.cost(dataclasses.replace(config, model="fcn", se_weight=0.0), 17)
+    encnet = ablation.cost(config, 17)
+    assert fcn["parameters"] == sum(p.numel() for p in config.build_model(17, pretrained=False).parameters()) - (
+        encnet["parameters"] - fcn["parameters"])
+    assert 0 < fcn["flops"] < encnet["flops"] < 1.1 * fcn["flops"]  # the module is a small part of the cost
+    # The stem alone: 7x7 conv, 3 -> 64 channels, on 64 x 32 outputs, 2 FLOPs a multiply-add.
+    assert fcn["flops"] > 2 * 7 * 7 * 3 * 64 * 64 * 32
 
 
 def test_a_sweep_file_that_is_not_one(tmp_path):

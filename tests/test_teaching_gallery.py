@@ -14,7 +14,7 @@ from encnet.teaching.gallery import SHOWN_CHANNELS, draw, picker, precompute
 @pytest.fixture(scope="module")
 def gallery():
     torch.manual_seed(0)
-    dataset = SyntheticScenes("val", num_samples=8, image_size=64)
+    dataset = SyntheticScenes("val", num_samples=8, image_size=128)
     return precompute(encnet_small(num_classes=dataset.num_classes), dataset, count=6, batch_size=4)
 
 
@@ -22,7 +22,7 @@ def test_precompute_keeps_what_one_forward_pass_of_each_image_gives(gallery):
     model_gamma = gallery.gamma
     assert model_gamma.shape == (6, 128) and ((model_gamma > 0) & (model_gamma < 1)).all()
     assert gallery.se.shape == gallery.present.shape == (6, gallery.dataset.num_classes)
-    assert gallery.labels.shape == gallery.masks.shape == (6, 64, 64)
+    assert gallery.labels.shape == gallery.masks.shape == (6, 128, 64)
     assert gallery.scenes.tolist() == [gallery.dataset.scene_of(i) for i in range(6)]
     assert gallery.present[:, 0].all()  # every synthetic scene has ground
     channels = gallery.shown_channels()

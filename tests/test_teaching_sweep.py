@@ -1,6 +1,7 @@
 """Notebook 03's widgets (encnet.teaching.sweep), the alpha explorer and the training panel, on a tiny sweep."""
 
 import dataclasses
+import json
 
 import matplotlib.pyplot as plt
 import pytest
@@ -17,7 +18,7 @@ from encnet.teaching.sweep import (
 )
 
 # 2 iterations of 8 images per run: three runs train in about a second.
-TINY = dataclasses.replace(preset("synthetic-quick"), dataset_options={"image_size": 64, "train_samples": 16,
+TINY = dataclasses.replace(preset("synthetic-quick"), dataset_options={"image_size": 128, "train_samples": 16,
                                                                        "val_samples": 8}, epochs=1)
 
 
@@ -46,7 +47,7 @@ def test_alpha_view_and_explorer_refuse_an_alpha_the_sweep_does_not_hold(tiny_sw
 
 
 def test_training_images_and_evaluations_count_what_the_engine_runs():
-    config = dataclasses.replace(TINY, dataset_options={"image_size": 64, "train_samples": 20, "val_samples": 8},
+    config = dataclasses.replace(TINY, dataset_options={"image_size": 128, "train_samples": 20, "val_samples": 8},
                                  epochs=5, batch_size=8, eval_every=2)
     assert training_images(config) == 5 * 2 * 8  # the last incomplete batch of 4 images is dropped
     assert evaluations(config) == 3  # after epochs 2, 4 and 5
@@ -98,3 +99,15 @@ def test_training_panel_redraws_its_output_with_the_printed_lines_once_trained(t
     assert clear and "a progress bar" in before and "a progress bar" not in after
     assert after.splitlines() == [*plan(tiny_sweep, TINY, 0.2, 0, images_per_s=4.0, basis="a test"),
                                   "EncNet alpha=0.2 seed 0: done"]
+
+
+def test_a_sweep_trains_other_models_once_per_seed_and_keeps_them_on_resume(tmp_path):
+    out = tmp_path / "sweep.json"
+    first = sweep(TINY, alphas=[0.2], seeds=[0], models={"pool": {}, "aspp": {"rate": 2}}, out=out, progress=False)
+    assert sorted((run["model"], run["se_weight"]) for run in first["runs"]) == [
+        ("aspp", 0.0), ("encnet", 0.2), ("pool", 0.0)]
+    assert first["models"] == {"pool": {}, "aspp": {"rate": 2}}
+    assert all(run["seconds"] > 0 for run in first["runs"])
+    again = sweep(TINY, alphas=[0.2], seeds=[0], models={"pool": {}, "aspp": {"rate": 2}}, out=out, progress=False)
+    assert json.dumps(again["runs"]) == json.dumps(json.loads(out.read_text())["runs"])  # the file's runs: nothing
+    assert [run["seconds"] for run in again["runs"]] == [run["seconds"] for run in first["runs"]]  # trained again

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 # synthetic-quick, smaller: 2 epochs of 8 training images, 4 a batch (2 iterations an epoch), 4 validation images
 TINY = ["--preset", "synthetic-quick", "--no-progress", "--batch-size", "4",
-        "--dataset-options", '{"image_size": 64, "train_samples": 8, "val_samples": 4}']
+        "--dataset-options", '{"image_size": 128, "train_samples": 8, "val_samples": 4}']
 ITERATIONS = 4
 SCALARS = {"loss/total", "loss/out", "loss/aux", "loss/se", "train/lr", "train/images_per_s", "val/pixAcc",
            "val/mIoU", "val/mIoU_all"}
@@ -93,16 +93,16 @@ def test_each_evaluation_shows_image_ground_truth_and_prediction(boarded):
     pictures = events(boarded / "tensorboard").Images("val/predictions")
     assert [picture.step for picture in pictures] == [record["iteration"] for record in log(boarded)]
     grid = np.asarray(Image.open(io.BytesIO(pictures[-1].encoded_image_string)).convert("RGB"))
-    val = build_dataset("synthetic", "val", root=None, crop_size=64, base_size=64, image_size=64, train_samples=8,
+    val = build_dataset("synthetic", "val", root=None, crop_size=128, base_size=128, image_size=128, train_samples=8,
                         val_samples=4)
-    size = 64
-    assert grid.shape[0] * grid.shape[1] == 4 * size * 3 * size  # 4 pictures of image | truth | prediction
-    panels = [grid[row:row + size, col:col + 3 * size] for row in range(0, grid.shape[0], size)
-              for col in range(0, grid.shape[1], 3 * size)]
+    size, width = 128, 64
+    assert grid.shape[0] * grid.shape[1] == 4 * size * 3 * width  # 4 pictures of image | truth | prediction
+    panels = [grid[row:row + size, col:col + 3 * width] for row in range(0, grid.shape[0], size)
+              for col in range(0, grid.shape[1], 3 * width)]
     for (image, mask), panel in zip([val[index] for index in range(4)], panels):
-        assert np.array_equal(panel[:, :size], (to_rgb(image) * 255).round().astype(np.uint8))
-        assert np.array_equal(panel[:, size:2 * size], colorize(mask, val.palette))
-        assert {tuple(colour) for colour in panel[:, 2 * size:].reshape(-1, 3)} <= set(map(tuple, val.palette))
+        assert np.array_equal(panel[:, :width], (to_rgb(image) * 255).round().astype(np.uint8))
+        assert np.array_equal(panel[:, width:2 * width], colorize(mask, val.palette))
+        assert {tuple(colour) for colour in panel[:, 2 * width:].reshape(-1, 3)} <= set(map(tuple, val.palette))
 
 
 def test_a_resume_continues_the_event_folder_without_repeating_steps(tmp_path, tiny_config, monkeypatch, capsys):
@@ -187,7 +187,7 @@ def test_pictures_of_images_of_different_sizes_are_padded_to_the_largest():
     from encnet.tensorboard import TensorBoardLog
 
     class Sizes(list):
-        palette = build_dataset("synthetic", "val", image_size=64, val_samples=1).palette
+        palette = build_dataset("synthetic", "val", image_size=128, val_samples=1).palette
 
     generator = torch.Generator().manual_seed(0)
     val_set = Sizes([(torch.rand(3, h, w, generator=generator), torch.randint(0, 3, (h, w), generator=generator))

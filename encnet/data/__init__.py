@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from . import transforms
+from . import synthetic, transforms
 from .ade20k import ADE20K
 from .palette import voc_colormap
 from .pcontext import PascalContext
@@ -153,7 +153,7 @@ def _synthetic(
             f"the synthetic scenes are rendered at image_size={image_size} and never cropped, but "
             f"crop_size={crop_size}; set them equal (or leave image_size out: it defaults to crop_size)"
         )
-    size = image_size or crop_size or 64
+    size = image_size or crop_size or synthetic.MIN_SIZE
     num_samples = train_samples if split == "train" else val_samples
     return SyntheticScenes(split, num_samples=num_samples, image_size=size, seed=seed)
 

@@ -8,33 +8,38 @@ small enough for a laptop CPU.
 
 Design
 ------
-Every image shows one of four scenes. It has two regions, far apart:
+Every image shows one of four scenes. It is twice as tall as it is wide
+(``image_size`` rows, ``image_size // 2`` columns; 128 x 64 by default) and has
+two regions, far apart:
 
-- **the backdrop** (the top 18-30 % of the image, with a wavy edge) in the
+- **the backdrop** (the top 9-15 % of the rows, with a wavy edge) in the
   scene's own texture -- bricks of a ``building``, waves of the ``sea``, planks
   of a ``cupboard``, blotches of a ``hedge`` -- and one or two **landmarks** of
   the scene standing on its edge (``traffic light``, ``lighthouse``, ``clock``,
   ``tree``);
 - **the ground** (the same texture in every scene) carrying one to three
-  **ambiguous objects** in its lower part (below 60 % of the height). Each is a
-  *box* or a *disc*, drawn identically in every scene but labelled after the
-  scene: a box is a ``car`` in the street, a ``boat`` in the harbour, an
-  ``oven`` in the kitchen, a ``shed`` in the garden; a disc is a ``manhole``, a
-  ``buoy``, a ``plate`` or a ``ball``.
+  **ambiguous objects** in its bottom 30 % of the rows. Each is a *box* or a
+  *disc*, drawn identically in every scene but labelled after the scene: a box
+  is a ``car`` in the street, a ``boat`` in the harbour, an ``oven`` in the
+  kitchen, a ``shed`` in the garden; a disc is a ``manhole``, a ``buoy``, a
+  ``plate`` or a ``ball``.
 
 A box or a disc is the same bag of pixels in all four scenes (same shapes,
 colours, noise, and ground around it): nothing local separates a car from a
 boat. Only the backdrop and the landmarks say which scene it is, and they end
-above 30 % of the height + 5 pixels, at least 0.3 x size - 5 pixels (14 px at
-64 x 64, 24 px at 96 x 96) above the nearest ambiguous pixel and farther from
-most. The ``"small"`` backbone's receptive field (75 px in theory) covers that
-distance, and its gradient does reach the backdrop (notebook 05 measures it),
-but a trained FCN reads the backdrop only weakly: it labels the ambiguous
-objects barely better than chance (``data/README.md`` has the measured table).
-A model that looks at the whole image at once -- the Context Encoding
+above row ``0.15 x image_size + 5`` (24 at 128 rows) while the ambiguous
+objects start at row ``0.7 x image_size`` (89): at least 66 rows apart at 128 x
+64, and farther at larger sizes. That is beyond the reach of the dilated FCN on
+the ``"small"`` backbone: the gradient of one of its output pixels reaches 53
+rows above the pixel and 45 below (measured on the built model,
+``tests/test_context_beyond_reach.py``), so the whole window an FCN pixel of an
+ambiguous object sees is the same, pixel for pixel, in the four scenes. Such a
+model can at best learn each object's shape and guess its scene: a quarter of
+the ambiguous pixels right (:func:`local_ceiling` computes the mIoU this
+allows). A model that looks at the whole image at once -- the Context Encoding
 Module's encoded semantics ``e`` and its channel attention ``gamma`` -- can read
-the scene and pick the right label, and the SE-loss says outright which of
-the four box (disc) classes the image holds, i.e. which scene it is.
+the scene and pick the right label, and the SE-loss says outright which of the
+four box (disc) classes the image holds, i.e. which scene it is.
 
 ``render(index, scene=s)`` draws sample ``index`` in scene ``s`` from the same
 random draws: the four scenes of one layout show the very same objects with
@@ -60,7 +65,7 @@ streams, and nothing is stored. Rendering is numpy on the whole image or on
 small windows; ``data/README.md`` has its measured speed, from::
 
     python -m timeit -s "import itertools, encnet.data as d; i = itertools.count()" \
-        -s "s = d.SyntheticScenes(num_samples=10**9, image_size=96)" "s[next(i)]"
+        -s "s = d.SyntheticScenes(num_samples=10**9, image_size=128)" "s[next(i)]"
 """
 
 from __future__ import annotations
@@ -109,6 +114,12 @@ _GROUND = (0.56, 0.54, 0.49)
 _BOX_BODY, _BOX_WINDOW = (0.30, 0.36, 0.48), (0.72, 0.82, 0.88)
 _DISC_RIM, _DISC_CENTRE = (0.92, 0.62, 0.12), (0.55, 0.30, 0.06)
 _NOISE, _BRIGHTNESS = 0.07, (0.9, 1.1)  # noise std 0.07 / sqrt(3) = 0.04
+
+# The layout, in fractions of the image's height S: the backdrop's edge lies between rows _EDGE[0] S and
+# _EDGE[1] S (then a wave of up to 3 rows, landmarks' feet at most 5 rows below the edge); the ambiguous
+# objects lie in rows _OBJECTS S and below. MIN_SIZE keeps them 66 rows apart or more.
+_EDGE, _OBJECTS = (0.09, 0.15), 0.7
+MIN_SIZE = 128
 
 
 def _class_id(scene: int, part: int) -> int:
@@ -199,11 +210,11 @@ class SyntheticScenes(Dataset):
     Args:
         split: ``"train"`` or ``"val"`` (independent random streams).
         num_samples: number of images (the dataset's length).
-        image_size: side ``S`` of the square images, at least 64.
+        image_size: height ``S`` of the images, at least 128; they are ``S // 2`` wide.
         seed: with ``split`` and the index, decides every sample.
 
-    Items are ``(image, mask)``: ``image`` float32 ``(3, S, S)`` normalised with the
-    ImageNet mean and std; ``mask`` int64 ``(S, S)`` with labels in ``[0, 17)``
+    Items are ``(image, mask)``: ``image`` float32 ``(3, S, S // 2)`` normalised with the
+    ImageNet mean and std; ``mask`` int64 ``(S, S // 2)`` with labels in ``[0, 17)``
     (no ignored pixels). :meth:`scene_of` gives a sample's scene type, an index
     into :attr:`scenes`; :meth:`decode` the scene and part of labels.
     """
@@ -240,15 +251,17 @@ class SyntheticScenes(Dataset):
                              f"got values from {labels.min().item()} to {labels.max().item()}")
         return _SCENE_OF.to(labels.device)[labels], _PART_OF.to(labels.device)[labels]
 
-    def __init__(self, split: str = "train", num_samples: int = 2000, image_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, split: str = "train", num_samples: int = 2000, image_size: int = MIN_SIZE, seed: int = 0
+    ) -> None:
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; SyntheticScenes has splits {', '.join(SPLITS)}")
         if num_samples < 1:
             raise UserError(f"num_samples must be at least 1, got {num_samples}")
-        if image_size < 64:
+        if image_size < MIN_SIZE:
             raise UserError(
-                f"image_size must be at least 64 pixels to keep the scene cues away from the "
-                f"ambiguous objects, got {image_size}"
+                f"image_size (the height) must be at least {MIN_SIZE} pixels to keep the scene cues out of the "
+                f"small FCN's reach around the ambiguous objects, got {image_size}; use {MIN_SIZE} or more"
             )
         self.split, self.num_samples, self.image_size, self.seed = split, num_samples, image_size, seed
         self._textures = _textures(image_size)
@@ -283,41 +296,76 @@ class SyntheticScenes(Dataset):
             scene = drawn
         elif not 0 <= scene < len(SCENES):
             raise ValueError(f"scene must be in [0, {len(SCENES)}) (an index into {self.scenes}), got {scene}")
-        S = self.image_size
+        S, W = self.image_size, self.image_size // 2  # rows, columns
 
         # Backdrop (top) over ground (everywhere else), both cropped from the texture banks.
-        edge = rng.integers(int(0.18 * S), int(0.30 * S) + 1)
-        wave = rng.uniform(0, 3) * np.sin(rng.uniform(0.05, 0.2) * np.arange(S) + rng.uniform(0, 2 * np.pi))
-        backdrop = np.arange(S)[:, None] < (edge + np.round(wave))[None, :]  # (S, S)
+        edge = rng.integers(int(_EDGE[0] * S), int(_EDGE[1] * S) + 1)
+        wave = rng.uniform(0, 3) * np.sin(rng.uniform(0.05, 0.2) * np.arange(W) + rng.uniform(0, 2 * np.pi))
+        backdrop = np.arange(S)[:, None] < (edge + np.round(wave))[None, :]  # (S, W)
         oy, ox = rng.integers(0, S, size=(2, 2))
-        ground_texture = self._textures[0, :, oy[0] : oy[0] + S, ox[0] : ox[0] + S]
-        backdrop_texture = self._textures[scene + 1, :, oy[1] : oy[1] + S, ox[1] : ox[1] + S]
-        image = np.where(backdrop, backdrop_texture, ground_texture)  # (3, S, S)
+        ground_texture = self._textures[0, :, oy[0] : oy[0] + S, ox[0] : ox[0] + W]
+        backdrop_texture = self._textures[scene + 1, :, oy[1] : oy[1] + S, ox[1] : ox[1] + W]
+        image = np.where(backdrop, backdrop_texture, ground_texture)  # (3, S, W)
         mask = np.where(backdrop, _class_id(scene, 1), 0).astype(np.uint8)
 
         # One or two landmarks standing on the backdrop's edge, in separate halves of the width.
         for half in rng.permutation(2)[: rng.integers(1, 3)]:
-            cx = int(rng.integers(half * S // 2 + 8, (half + 1) * S // 2 - 8))
+            cx = int(rng.integers(half * W // 2 + 8, (half + 1) * W // 2 - 8))
             foot = int(edge + rng.integers(2, 6))
             _landmark(image, mask, scene, foot, cx, _class_id(scene, 2))
 
-        # One to three ambiguous objects on the lower ground: the same drawing in every scene.
+        # One to three ambiguous objects in the bottom rows: the same drawing in every scene.
         for _ in range(rng.integers(1, 4)):
             if rng.random() < 0.5:
                 height, width = rng.integers(8, 13), rng.integers(12, 21)
-                top = int(rng.integers(int(0.6 * S), S - height))
-                left = int(rng.integers(1, S - width))
+                top = int(rng.integers(int(_OBJECTS * S), S - height))
+                left = int(rng.integers(1, W - width))
                 _rect(image, mask, top, left, height, width, _BOX_BODY, _class_id(scene, 3))
                 _rect(image, mask, top + 2, left + 2, 3, width - 4, _BOX_WINDOW, _class_id(scene, 3))
             else:
                 radius = int(rng.integers(4, 8))
-                cy = int(rng.integers(int(0.6 * S) + radius, S - radius))
-                cx = int(rng.integers(radius, S - radius))
+                cy = int(rng.integers(int(_OBJECTS * S) + radius, S - radius))
+                cx = int(rng.integers(radius, W - radius))
                 _disc(image, mask, cy, cx, radius, _DISC_RIM, _class_id(scene, 4))
                 _disc(image, mask, cy, cx, radius // 2, _DISC_CENTRE, _class_id(scene, 4))
 
         # Uniform noise in [-_NOISE, _NOISE) from raw random bytes: 8x faster than rng.random.
-        noise = np.frombuffer(rng.bytes(3 * S * S), dtype=np.int8).reshape(3, S, S).astype(np.float32)
+        noise = np.frombuffer(rng.bytes(3 * S * W), dtype=np.int8).reshape(3, S, W).astype(np.float32)
         image = (image * rng.uniform(*_BRIGHTNESS) + (_NOISE / 128) * noise).clip(0, 1)
         image = (image - self._mean) / self._std
         return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))
+
+
+def local_ceiling(scenes: SyntheticScenes) -> dict[str, float]:
+    """The best scores a model that cannot see the scene from an ambiguous pixel can expect on ``scenes``.
+
+    Such a model (the FCN: the window it reads around an ambiguous pixel is the
+    same in the four scenes) is granted everything else: every non-ambiguous
+    pixel right, and the part (box or disc) of every ambiguous pixel. Only the
+    scene is left, which it must guess independently of the truth. Guessing each
+    scene with the same probability gives a class with ``n`` of the ``P`` pixels
+    of its part the expected IoU ``(n/4) / (n + P/4 - n/4)`` (1/7 when the four
+    scenes are equally frequent); with the scenes equally frequent no other
+    guessing does better in expectation, since a class's IoU ``q / (1 + 3q)`` is
+    concave in the share ``q`` of guesses it gets. The ambiguous pixels are then a
+    quarter right. Computed from the masks of ``scenes`` (rendering every sample).
+
+    Returns ``{"mIoU", "pixAcc", "ambiguous_IoU", "ambiguous_accuracy"}`` (fractions):
+    mIoU over the 17 classes, ambiguous_IoU the mean over the 8 ambiguous classes.
+    """
+    counts = torch.zeros(len(CLASSES), dtype=torch.float64)
+    for index in range(len(scenes)):
+        counts += torch.bincount(scenes[index][1].flatten(), minlength=len(CLASSES)).double()
+    iou = torch.ones(len(CLASSES), dtype=torch.float64)
+    for part in AMBIGUOUS_PARTS:
+        labels = [_class_id(s, PARTS.index(part)) for s in range(len(SCENES))]
+        n, total = counts[labels], counts[labels].sum()
+        iou[labels] = (n / 4) / (n + total / 4 - n / 4)
+    ambiguous = list(SyntheticScenes.ambiguous)
+    present = counts > 0
+    return {
+        "mIoU": iou[present].mean().item(),
+        "pixAcc": (1 - 0.75 * counts[ambiguous].sum() / counts.sum()).item(),
+        "ambiguous_IoU": iou[ambiguous].mean().item(),
+        "ambiguous_accuracy": 0.25,
+    }

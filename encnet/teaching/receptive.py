@@ -120,3 +120,39 @@ def deepest_pixels(masks: Tensor, classes) -> tuple[Tensor, Tensor]:
     W = masks.size(-1)
     pixels = torch.stack([flat // W, flat % W], 1)
     return pixels, masks[torch.arange(masks.size(0)), pixels[:, 0], pixels[:, 1]]
+
+
+def row_reach(
+    model: nn.Module, height: int, width: int, rows: Tensor | None = None, *, trials: int = 3, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """The input rows each output row can read: ``(top, bottom)``, two int tensors, one entry per row asked.
+
+    ``top[i]`` is the first and ``bottom[i]`` the last input row where the gradient of the
+    logits of output row ``rows[i]`` (every column and class, with random weights) is
+    non-zero: the vertical extent of the union of the receptive fields of that row's pixels,
+    measured on the built ``model`` (in eval mode) for ``height`` x ``width`` inputs.
+    ``rows`` None asks every row. The union is taken over ``trials`` random inputs and
+    weightings, so that no unit that happens to be off (a ReLU at zero, a max-pool's loser)
+    hides part of the field. One backward pass per trial: image ``i`` of the batch asks about
+    row ``rows[i]``.
+    """
+    if model.training:
+        raise ValueError("row_reach needs the model in eval mode (batch norm in training mode mixes the images "
+                         "of a batch): call model.eval() first")
+    rows = torch.arange(height) if rows is None else torch.as_tensor(rows).long()
+    generator = torch.Generator().manual_seed(seed)
+    support = torch.zeros(len(rows), height, dtype=torch.bool)  # [asked row, input row]
+    parameter = next(model.parameters())
+    for _ in range(trials):
+        x = torch.randn(len(rows), 3, height, width, generator=generator).to(parameter).requires_grad_(True)
+        logits = model(x)["out"]  # (len(rows), classes, height, width)
+        weights = torch.randn(logits.shape[1], len(rows), width, generator=generator).to(logits)
+        asked = logits[torch.arange(len(rows)), :, rows.to(logits.device)]  # (len(rows), classes, width)
+        (asked * weights.transpose(0, 1)).sum().backward()
+        support |= (x.grad.abs().sum((1, 3)) > 0).cpu()
+    if not support.any(1).all():
+        raise ValueError("some output rows have no gradient at all: is the model's output independent of its input?")
+    lines = torch.arange(height)
+    top = torch.where(support, lines, height).min(1).values
+    bottom = torch.where(support, lines, -1).max(1).values
+    return top, bottom
