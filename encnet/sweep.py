@@ -79,7 +79,8 @@ def sweep(
         {"config": base config, "alphas": [...], "seeds": [...],
          "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history", "seconds"}]}
 
-    (``"models"`` too when ``models`` is given; ``seconds`` is each run's wall time.)
+    (``"models"`` too when ``models`` is given; ``seconds`` is each run's wall time). A file grows by calls
+    with other alphas, seeds or models: its ``alphas`` and ``seeds`` are those of all the runs it holds.
     """
     base = dataclasses.replace(config, out=None, resume=None)
     result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
@@ -96,6 +97,10 @@ def sweep(
             shared = [result["runs"]]
             dist.broadcast_object_list(shared, src=0)
             result["runs"] = shared[0]
+        # A file grows by calls: its alphas and seeds are those of this call and of the runs it already holds.
+        own = [run["se_weight"] for run in result["runs"] if run["model"] == config.model]
+        result["alphas"] = sorted({*alphas, *own})
+        result["seeds"] = sorted({*seeds, *(run["seed"] for run in result["runs"])})
         planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
         planned += [(model, 0.0, seed) for model in models or {} for seed in seeds]
         planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
