@@ -16,6 +16,7 @@ reproduce`` ends with) and :func:`ordering` checks, seed by seed, that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -164,3 +165,51 @@ def cost(config: Any, num_classes: int) -> dict[str, float]:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, height, width))
     return {"parameters": sum(p.numel() for p in model.parameters()), "flops": counter.get_total_flops()}
+
+
+class Context(NamedTuple):
+    """A row of the context-versus-receptive-field table: a model of a sweep and how it gets context."""
+
+    name: str
+    model: str
+    alpha: float
+    context: str
+
+
+CONTEXT_METHODS = (
+    Context("FCN", "fcn", 0.0, "none beyond its receptive field"),
+    Context("FCN + ASPP", "aspp", 0.0, "receptive field: dilated 3x3 convs across the image"),
+    Context("FCN + image pooling", "pool", 0.0, "receptive field: the image's mean feature at every pixel"),
+    Context("EncNet", "encnet", 0.0, "Context Encoding Module"),
+    Context("EncNet + SE-loss", "encnet", 0.2, "Context Encoding Module + SE-loss"),
+)
+
+
+def context_table(sweep: dict[str, Any], ambiguous: tuple[int, ...], num_classes: int) -> str:
+    """mIoU, pixAcc, ambiguous-class IoU (mean ± std over seeds), parameters, GFLOPs per image and training
+    minutes per run (mean) of every :data:`CONTEXT_METHODS` row the sweep holds runs of.
+
+    The models are built from the sweep's config with each row's model, SE-loss weight and head options
+    (the sweep file's ``"models"``) to count their cost (:func:`cost`).
+    """
+    from .config import TrainConfig
+
+    config = TrainConfig.from_dict(sweep["config"])
+    options = sweep.get("models", {})
+    lines = [f"{'method':20} {'mIoU %':>22} {'pixAcc %':>22} {'ambiguous IoU %':>22} {'params':>6} "
+             f"{'GFLOPs':>6} {'min/run':>7}"]
+    for row in CONTEXT_METHODS:
+        runs = runs_of(sweep, row.model, row.alpha)
+        if not runs:
+            continue
+        built = dataclasses.replace(config, model=row.model, se_weight=row.alpha,
+                                    model_options=options.get(row.model, config.model_options if row.model ==
+                                                              config.model else {}))
+        spent = cost(built, num_classes)
+        minutes = [run["seconds"] / 60 for run in runs if "seconds" in run]
+        lines.append(f"{row.name:20} {mean_std([100 * run['mIoU'] for run in runs]):>22} "
+                     f"{mean_std([100 * run['pixAcc'] for run in runs]):>22} "
+                     f"{mean_std([ambiguous_iou(run, ambiguous) for run in runs]):>22} "
+                     f"{spent['parameters'] / 1e6:5.2f}M {spent['flops'] / 1e9:6.2f} "
+                     f"{statistics.mean(minutes) if minutes else float('nan'):7.1f}")
+    return "\n".join(lines)

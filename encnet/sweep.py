@@ -8,7 +8,13 @@
 Every run is :func:`encnet.engine.train` on the base config with ``se_weight``,
 ``seed`` (and ``model``) replaced and no files of its own; the sweep file holds
 each run's metrics and history (no weights), is rewritten after each run, and
-is read back on a restart, so an interrupted sweep continues where it stopped.
+is read back on a restart, so an interrupted sweep continues where it stopped::
+
+    {"config": base config, "alphas": [...], "seeds": [...], "models": {name: head options} (if any),
+     "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history", "seconds"}]}
+
+(``history``: one evaluation record per ``eval_every`` epochs; ``seconds``: the run's wall time;
+``alphas`` and ``seeds``: those of all the runs the file holds.)
 ``jobs`` > 1 trains runs side by side, each in a process of its own
 (``encnet sweep --jobs 2``); those processes end with the sweep, after an
 error, an interrupt or even ``kill -9`` of the sweep. :mod:`encnet.ablation`
@@ -62,25 +68,17 @@ def sweep(
     ``with_fcn`` adds an FCN run per seed, so the ablation table (FCN, EncNet
     (alpha = 0), EncNet + SE-loss) comes from one file. ``models`` adds a run per
     seed of each other registered model without an SE branch, ``{name: its head
-    options}`` (``{"aspp": {"rate": 5}, "pool": {}}``: the heads that get context
-    by receptive field). Every run is ``config`` with ``se_weight``, ``seed`` (and
-    ``model``, ``model_options``) replaced and no files of its own.
-    ``out``: a JSON file, rewritten after each run; runs it already holds (for
-    the same base config) are not trained again, so an interrupted sweep
-    continues where it stopped. The sweep holds the lock of the folder ``out``
-    is in (:class:`encnet.runs.RunFolder`). ``jobs`` > 1 trains that many runs at
-    once, each in its own process with ``torch.get_num_threads() // jobs``
-    threads (small models use two CPU cores better as two 1-thread runs than as
-    one 2-thread run; ``benchmarks/train.py`` measures it); a run's result
-    depends on its seed, not on the job that trained it, though a run on fewer
-    threads may round differently. ``progress``: one bar over the runs (and,
-    with ``jobs=1``, each run's own bars). Returns what the file holds::
-
-        {"config": base config, "alphas": [...], "seeds": [...],
-         "runs": [{"model", "se_weight", "seed", "pixAcc", "mIoU", "mIoU_all", "IoU", "history", "seconds"}]}
-
-    (``"models"`` too when ``models`` is given; ``seconds`` is each run's wall time). A file grows by calls
-    with other alphas, seeds or models: its ``alphas`` and ``seeds`` are those of all the runs it holds.
+    options}`` (``{"aspp": {"rate": 5}, "pool": {}}``). Every run is ``config``
+    with ``se_weight``, ``seed`` (and ``model``, ``model_options``) replaced and
+    no files of its own. ``out``: the JSON file of the module's docstring,
+    rewritten after each run; runs it already holds (for the same base config)
+    are not trained again, so an interrupted sweep continues where it stopped,
+    and a later call adds alphas, seeds or models to it. The sweep holds the
+    lock of the folder ``out`` is in (:class:`encnet.runs.RunFolder`). ``jobs``
+    > 1 trains that many runs at once, each in its own process with
+    ``torch.get_num_threads() // jobs`` threads (``benchmarks/train.py``
+    measures why); a run's result depends on its seed, not on the job that trained
+    it. ``progress``: one bar over the runs (with ``jobs=1``, each run's own bars).
     """
     base = dataclasses.replace(config, out=None, resume=None)
     result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
@@ -101,12 +99,7 @@ def sweep(
         own = [run["se_weight"] for run in result["runs"] if run["model"] == config.model]
         result["alphas"] = sorted({*alphas, *own})
         result["seeds"] = sorted({*seeds, *(run["seed"] for run in result["runs"])})
-        planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
-        planned += [(model, 0.0, seed) for model in models or {} for seed in seeds]
-        planned += [(config.model, alpha, seed) for alpha in alphas for seed in seeds]
-        done = {(run["model"], run["se_weight"], run["seed"]) for run in result["runs"]}
-        todo = [_sweep_config(base, model, alpha, seed, (models or {}).get(model)) for model, alpha, seed in planned
-                if (model, alpha, seed) not in done]
+        planned, todo = _plan(base, alphas, seeds, with_fcn, models or {}, result["runs"])
         bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run",
                    disable=not show_progress(progress, rank))
         for record in _sweep_runs(todo, jobs, progress=progress if jobs == 1 else False):
@@ -118,6 +111,19 @@ def sweep(
                 write_json(out, result)
         bar.close()
     return result
+
+
+def _plan(
+    base: TrainConfig, alphas: list[float], seeds: list[int], with_fcn: bool, models: dict[str, dict[str, Any]],
+    done_runs: list[dict[str, Any]],
+) -> tuple[list[tuple[str, float, int]], list[TrainConfig]]:
+    """The runs of a sweep call, (model, alpha, seed) in training order, and the configs of those not done yet."""
+    planned = [("fcn", 0.0, seed) for seed in seeds] if with_fcn else []
+    planned += [(model, 0.0, seed) for model in models for seed in seeds]
+    planned += [(base.model, alpha, seed) for alpha in alphas for seed in seeds]
+    done = {(run["model"], run["se_weight"], run["seed"]) for run in done_runs}
+    return planned, [_sweep_config(base, model, alpha, seed, models.get(model)) for model, alpha, seed in planned
+                     if (model, alpha, seed) not in done]
 
 
 def _sweep_config(

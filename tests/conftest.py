@@ -13,7 +13,7 @@ from encnet.config import TrainConfig, preset
 
 @pytest.fixture(scope="session")
 def tiny_config() -> TrainConfig:
-    """A smaller run than synthetic-quick: 2 epochs of 8 training images of 64 x 64, 4 per batch (2 iterations each).
+    """A smaller run than synthetic-quick: 2 epochs of 8 training images of 128 x 64, 4 per batch (2 iterations each).
 
     The engine's and the run folder's tests train it; a config is a plain dataclass, so it can
     be passed on to spawned ranks.

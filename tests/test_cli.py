@@ -46,7 +46,7 @@ def test_synthetic_quick_end_to_end(quick, tmp_path, capsys):
     pngs = sorted((tmp_path / "pred").iterdir())
     assert [png.name for png in pngs] == [f"{index:05d}.png" for index in range(16)]
     with Image.open(pngs[0]) as png:
-        assert png.mode == "P" and png.size == (64, 64)
+        assert png.mode == "P" and png.size == (64, 128)  # (width, height)
         assert np.asarray(png).max() < 17
 
     # A new run never overwrites a checkpoint; --resume alone takes the checkpoint's settings,

@@ -86,7 +86,7 @@ def test_train_writes_checkpoint_log_and_metrics(finished, tiny_config):
     model, config, _ = load_trained(out / "checkpoint.pt")
     assert config == dataclasses.replace(tiny_config, out=str(out))
     val_set = whole_images("synthetic", "val", root=None, options=tiny_config.dataset_options)
-    again = evaluate(model, val_set, Protocol(crop_size=64), batch_size=4)
+    again = evaluate(model, val_set, Protocol(crop_size=tiny_config.crop_size), batch_size=4)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"])
 
 

@@ -120,3 +120,16 @@ def test_a_sweep_file_that_is_not_one(tmp_path):
         ablation.load(tmp_path / "bad.json")
     with pytest.raises(UserError, match="cannot read the sweep file"):
         ablation.load(tmp_path / "missing.json")
+
+
+def test_the_context_table_sets_cost_beside_scores_for_every_method_the_sweep_holds():
+    sweep = _sweep({("fcn", 0.0): [0.50, 0.52], ("pool", 0.0): [0.70, 0.74], ("encnet", 0.2): [0.80, 0.80]})
+    sweep["models"] = {"pool": {}}
+    for run in sweep["runs"]:
+        run.update(IoU=[0.9] * 15 + [0.2, 0.4], seconds=120.0)
+    header, *rows = ablation.context_table(sweep, (15, 16), 17).splitlines()
+    assert header.split()[:3] == ["method", "mIoU", "%"]
+    assert [row[:20].strip() for row in rows] == ["FCN", "FCN + image pooling", "EncNet + SE-loss"]  # no runs: no row
+    pool = ablation.cost(dataclasses.replace(preset("synthetic"), model="pool", se_weight=0.0), 17)
+    assert "72.00 ± 2.83 (2 seeds)" in rows[1] and "30.00 ± 0.00 (2 seeds)" in rows[1]
+    assert f"{pool['parameters'] / 1e6:5.2f}M {pool['flops'] / 1e9:6.2f}     2.0" in rows[1]

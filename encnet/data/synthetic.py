@@ -30,8 +30,8 @@ boat. Only the backdrop and the landmarks say which scene it is, and they end
 above row ``0.15 x image_size + 5`` (24 at 128 rows) while the ambiguous
 objects start at row ``0.7 x image_size`` (89): at least 66 rows apart at 128 x
 64, and farther at larger sizes. That is beyond the reach of the dilated FCN on
-the ``"small"`` backbone: the gradient of one of its output pixels reaches 53
-rows above the pixel and 45 below (measured on the built model,
+the ``"small"`` backbone: the gradient of one of its output pixels reaches up to 56
+rows above the pixel and 49 below (measured on the built model,
 ``tests/test_context_beyond_reach.py``), so the whole window an FCN pixel of an
 ambiguous object sees is the same, pixel for pixel, in the four scenes. Such a
 model can at best learn each object's shape and guess its scene: a quarter of

@@ -46,7 +46,7 @@ torchvision gives the previous dilation, 1).
 ResNet with one :class:`SlimBottleneck` per stage and ``width_per_group=16``,
 i.e. ResNet-50's design at a quarter of its channels (the 64-channel stem
 excepted) and a single block per stage. Its 75-pixel receptive field is what
-lets a synthetic scene put context out of a small FCN's reach. It has no
+lets the synthetic scenes (128 x 64) put context out of a small FCN's reach. It has no
 ImageNet weights.
 
 Pretrained weights: torchvision's weights API for ``resnet50`` / ``resnet101``

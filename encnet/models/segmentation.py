@@ -28,8 +28,10 @@ trained at 10x the backbone's learning rate. Each head is registered once
 
 On the small CPU backbone (1.3M parameters in all for 17 to 150 classes), the
 receptive field of an FCN output pixel is 91 px: 75 px of the backbone plus the
-head's 3x3 conv at stride 8; EncNet's pixels see the same 91 px through their
-convolutions, and the whole image through the Context Encoding Module.
+head's 3x3 conv at stride 8 (the bilinear upsampling of the logits adds a few:
+``encnet.teaching.receptive.row_reach`` measures up to 56 rows above a pixel);
+EncNet's pixels see the same window through their convolutions, and the whole
+image through the Context Encoding Module.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def draw_scene(models: dict[str, nn.Module], dataset: SyntheticScenes, scene: in
     if not 0 <= layout < len(dataset):
         raise ValueError(f"layout must be in [0, {len(dataset)}) (an index of the dataset), got {layout}")
     image, mask = dataset.render(layout, scene=scene)
-    predictions = {name: predict(model, image[None], Protocol(crop_size=image.size(-1))).argmax(1)[0]
+    predictions = {name: predict(model, image[None], Protocol(crop_size=max(image.shape[-2:]))).argmax(1)[0]
                    for name, model in models.items()}
     accuracy = {name: ambiguous_accuracy(labels, mask, dataset) for name, labels in predictions.items()}
     fig, axes = plt.subplots(1, 2 + len(models), figsize=(2.2 * (2 + len(models)), 2.6))
