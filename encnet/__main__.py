@@ -10,7 +10,7 @@
     encnet export --weights encnet_resnet50s_ade --onnx encnet.onnx     # ONNX, with the protocol as metadata
     encnet predict photo.jpg --onnx encnet.onnx --out predictions/     # the same test through ONNX Runtime
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
-    encnet sweep --preset synthetic --se-weights 0 0.2 0.8 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json
+    encnet sweep --preset synthetic --se-weights 0 0.2 --seeds 0 1 2 --with-fcn --models '{"aspp": {"rate": 5}, "pool": {}}' --jobs 2 --out runs/sweep.json
     encnet check-data --dataset ade20k --data-root /data
     encnet plot runs/quick runs/fcn --out curves.png   # loss and mIoU curves from each log.jsonl
 
@@ -181,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="SE-loss weights (alpha) to train with, one run each per seed")
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per alpha (default: 0)")
     sweep.add_argument("--with-fcn", action="store_true", default=False, help="add an FCN run per seed")
+    sweep.add_argument("--models", type=_json_object, default={}, help='other models without SE-loss, a run per '
+                       'seed, a JSON object of their head options, e.g. \'{"aspp": {"rate": 5}, "pool": {}}\'')
     sweep.add_argument("--jobs", type=int, default=1,
                        help="runs trained side by side, each on threads / jobs threads (2 on a 2-core CPU)")
     sweep.add_argument("--out", required=True, help="JSON file with every run's metrics")
@@ -388,8 +390,12 @@ def _run_sweep(args: argparse.Namespace) -> None:
     _check_output_file("--out", args.out)
     if args.jobs < 1:
         raise UserError(f"--jobs must be an integer >= 1, got {args.jobs}")
+    unknown = sorted(set(args.models) - set(list_models()))
+    if unknown or not all(isinstance(options, dict) for options in args.models.values()):
+        raise UserError(f"--models takes registered models ({', '.join(list_models())}) each with a JSON object of "
+                        f"head options, e.g. '{{\"pool\": {{}}}}'; got {json.dumps(args.models)}")
     result = sweep_runs(config, alphas=args.se_weights, seeds=args.seeds, with_fcn=args.with_fcn, out=args.out,
-                        jobs=args.jobs, progress=args.progress if "progress" in args else None)
+                        models=args.models, jobs=args.jobs, progress=args.progress if "progress" in args else None)
     if _is_rank_zero():
         for run in result["runs"]:
             print(f"{run['model']:>6}  alpha {run['se_weight']:<5g} seed {run['seed']}:  "

@@ -155,6 +155,13 @@ def test_sweep_writes_one_file_and_skips_finished_runs(tmp_path, capsys):
     assert "fcn" in capsys.readouterr().out
     assert main([*argv[:4], "2", *argv[5:]]) == 2  # another base config, same file
     assert "holds a sweep of another config" in capsys.readouterr().err
+    assert main([*argv, "--models", '{"pool": {}}']) == 0  # adds a run of another model, keeps the others
+    sweep = json.loads(out.read_text())
+    assert [(run["model"], run["seed"]) for run in sweep["runs"]] == [("fcn", 3), ("encnet", 3), ("pool", 3)]
+    assert sweep["models"] == {"pool": {}}
+    capsys.readouterr()
+    assert main([*argv, "--models", '{"psp": {}}']) == 2
+    assert "--models takes registered models" in capsys.readouterr().err
 
 
 def test_installed_command(tmp_path):
