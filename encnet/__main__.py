@@ -10,8 +10,8 @@
     encnet export --weights encnet_resnet50s_ade --onnx encnet.onnx     # ONNX, with the protocol as metadata
     encnet predict photo.jpg --onnx encnet.onnx --out predictions/     # the same test through ONNX Runtime
     encnet fetch encnet_resnet50s_ade      # into torch hub's cache, for offline use later
-    encnet sweep --preset synthetic --se-weights 0 0.2 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json \
-        --models '{"aspp": {"rate": 5}, "pool": {}}'   # and the two receptive-field heads
+    encnet sweep --preset synthetic --se-weights 0 0.2 --seeds 0 1 2 --with-fcn --jobs 2 --out runs/sweep.json
+    encnet sweep ... --models '{"aspp": {"rate": 5}, "pool": {}}'   # adds the two receptive-field heads per seed
     encnet check-data --dataset ade20k --data-root /data
     encnet plot runs/quick runs/fcn --out curves.png   # loss and mIoU curves from each log.jsonl
 
