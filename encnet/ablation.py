@@ -196,7 +196,7 @@ def context_table(sweep: dict[str, Any], ambiguous: tuple[int, ...], num_classes
 
     config = TrainConfig.from_dict(sweep["config"])
     options = sweep.get("models", {})
-    lines = [f"{'method':20} {'mIoU %':>22} {'pixAcc %':>22} {'ambiguous IoU %':>22} {'params':>6} "
+    lines = [f"{'method':20} {'mIoU %':>23} {'pixAcc %':>23} {'ambiguous IoU %':>23} {'params':>6} "
              f"{'GFLOPs':>6} {'min/run':>7}"]
     for row in CONTEXT_METHODS:
         runs = runs_of(sweep, row.model, row.alpha)
@@ -207,9 +207,9 @@ def context_table(sweep: dict[str, Any], ambiguous: tuple[int, ...], num_classes
                                                               config.model else {}))
         spent = cost(built, num_classes)
         minutes = [run["seconds"] / 60 for run in runs if "seconds" in run]
-        lines.append(f"{row.name:20} {mean_std([100 * run['mIoU'] for run in runs]):>22} "
-                     f"{mean_std([100 * run['pixAcc'] for run in runs]):>22} "
-                     f"{mean_std([ambiguous_iou(run, ambiguous) for run in runs]):>22} "
+        lines.append(f"{row.name:20} {mean_std([100 * run['mIoU'] for run in runs]):>23} "
+                     f"{mean_std([100 * run['pixAcc'] for run in runs]):>23} "
+                     f"{mean_std([ambiguous_iou(run, ambiguous) for run in runs]):>23} "
                      f"{spent['parameters'] / 1e6:5.2f}M {spent['flops'] / 1e9:6.2f} "
                      f"{statistics.mean(minutes) if minutes else float('nan'):7.1f}")
     return "\n".join(lines)
