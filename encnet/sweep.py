@@ -82,8 +82,6 @@ def sweep(
     """
     base = dataclasses.replace(config, out=None, resume=None)
     result = {"config": base.to_dict(), "alphas": list(alphas), "seeds": list(seeds), "runs": []}
-    if models:
-        result["models"] = {name: dict(options) for name, options in models.items()}
     rank, world, _ = setup_process(config.device)  # under torchrun: join the group before rank 0 reads the file
     if not isinstance(jobs, int) or jobs < 1 or (jobs > 1 and world > 1):
         raise UserError(f"jobs must be a positive integer, and 1 under torchrun (here {world} processes), got "
@@ -99,6 +97,9 @@ def sweep(
         own = [run["se_weight"] for run in result["runs"] if run["model"] == config.model]
         result["alphas"] = sorted({*alphas, *own})
         result["seeds"] = sorted({*seeds, *(run["seed"] for run in result["runs"])})
+        kept = on_rank_zero(lambda: _file_models(out)) or {}  # the models of earlier calls stay named
+        if kept or models:
+            result["models"] = {**kept, **{name: dict(options) for name, options in (models or {}).items()}}
         planned, todo = _plan(base, alphas, seeds, with_fcn, models or {}, result["runs"])
         bar = tqdm(total=len(planned), initial=len(planned) - len(todo), desc="sweep", unit="run",
                    disable=not show_progress(progress, rank))
@@ -111,6 +112,13 @@ def sweep(
                 write_json(out, result)
         bar.close()
     return result
+
+
+def _file_models(out: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``"models"`` an existing sweep file names (read after :func:`read_sweep_file` checked it)."""
+    if out is None or not Path(out).is_file():
+        return {}
+    return json.loads(Path(out).read_text()).get("models", {})
 
 
 def _plan(

@@ -16,7 +16,7 @@ The artefacts, under ``notebooks/`` (or ``DIR``):
 - ``results/se_loss_sweep.json`` (notebook 03): the sweep of
   ``encnet.sweep.sweep``: the ablation (FCN, EncNet, EncNet + SE-loss) and the
   two heads that get context by receptive field (ASPP, image pooling) for every
-  seed. The shipped models are its
+  seed, and EncNet at more SE-loss weights alpha (seed 0). The shipped models are its
   seed-0 runs of FCN and EncNet + SE-loss (the same config and seed train the same
   run): their records are written into the sweep file and not trained twice.
 - ``results/se_loss_long.json`` (notebook 03): the ablation's three models
@@ -61,6 +61,7 @@ RECIPE: dict[str, Any] = {
         "overrides": {},
         "stages": [
             {"alphas": [0.0, 0.2], "seeds": [0, 1, 2], "with_fcn": True, "models": CONTEXT_BY_RECEPTIVE_FIELD},
+            {"alphas": [0.1, 0.4, 0.8, 1.6], "seeds": [0]},  # the SE-loss weight curve, one seed
         ],
     },
     "long": {

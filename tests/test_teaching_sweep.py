@@ -111,3 +111,6 @@ def test_a_sweep_trains_other_models_once_per_seed_and_keeps_them_on_resume(tmp_
     again = sweep(TINY, alphas=[0.2], seeds=[0], models={"pool": {}, "aspp": {"rate": 2}}, out=out, progress=False)
     assert json.dumps(again["runs"]) == json.dumps(json.loads(out.read_text())["runs"])  # the file's runs: nothing
     assert [run["seconds"] for run in again["runs"]] == [run["seconds"] for run in first["runs"]]  # trained again
+    more = sweep(TINY, alphas=[0.0], seeds=[0], out=out, progress=False)  # a later call without models
+    assert more["models"] == json.loads(out.read_text())["models"] == {"pool": {}, "aspp": {"rate": 2}}
+    assert more["alphas"] == [0.0, 0.2] and len(more["runs"]) == 4
