@@ -16,7 +16,6 @@ reproduce`` ends with) and :func:`ordering` checks, seed by seed, that
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
@@ -193,6 +192,7 @@ def context_table(sweep: dict[str, Any], ambiguous: tuple[int, ...], num_classes
     (the sweep file's ``"models"``) to count their cost (:func:`cost`).
     """
     from .config import TrainConfig
+    from .sweep import _sweep_config  # the config the sweep trained the row's runs with
 
     config = TrainConfig.from_dict(sweep["config"])
     options = sweep.get("models", {})
@@ -202,10 +202,7 @@ def context_table(sweep: dict[str, Any], ambiguous: tuple[int, ...], num_classes
         runs = runs_of(sweep, row.model, row.alpha)
         if not runs:
             continue
-        built = dataclasses.replace(config, model=row.model, se_weight=row.alpha,
-                                    model_options=options.get(row.model, config.model_options if row.model ==
-                                                              config.model else {}))
-        spent = cost(built, num_classes)
+        spent = cost(_sweep_config(config, row.model, row.alpha, runs[0]["seed"], options.get(row.model)), num_classes)
         minutes = [run["seconds"] / 60 for run in runs if "seconds" in run]
         lines.append(f"{row.name:20} {mean_std([100 * run['mIoU'] for run in runs]):>23} "
                      f"{mean_std([100 * run['pixAcc'] for run in runs]):>23} "
