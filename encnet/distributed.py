@@ -66,6 +66,8 @@ def setup_process(device: str) -> tuple[int, int, torch.device]:
         raise UserError(f"--device {str(device)!r} asks for a GPU, but CUDA is not available here; "
                         "pass --device cpu (or auto)")
     if device.type == "cuda":
+        if device.index is None:  # "cuda": this rank's GPU, as "auto" picks it
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

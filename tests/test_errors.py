@@ -166,3 +166,17 @@ def test_one_line_of_an_error_re_raised_by_a_loader_worker():
                       "expected [0, 150]\n")
     assert one_line(error) == "the mask m.png holds the value 300; expected [0, 150]"
     assert one_line(UserError("plain")) == "plain"
+
+
+def test_device_cuda_without_an_index_is_this_ranks_gpu(monkeypatch):
+    """``--device cuda`` names no GPU; ``torch.cuda.set_device`` needs one, so the rank's own is picked."""
+    from encnet import distributed
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.setup_process("cuda") == (0, 1, torch.device("cuda", 1))
+    assert chosen == [torch.device("cuda", 1)]
+    assert distributed.setup_process("cuda:0")[2] == torch.device("cuda", 0)
