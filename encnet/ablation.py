@@ -210,3 +210,52 @@ def context_table(sweep: dict[str, Any], ambiguous: tuple[int, ...], num_classes
                      f"{spent['parameters'] / 1e6:5.2f}M {spent['flops'] / 1e9:6.2f} "
                      f"{statistics.mean(minutes) if minutes else float('nan'):7.1f}")
     return "\n".join(lines)
+
+
+def num_codes(config: Any) -> int:
+    """K, the number of codewords of the EncNet that ``config`` (a TrainConfig) builds (its model_options, else
+    the head's default)."""
+    return config.build_model(2, pretrained=False).head.enc_module.encoding.num_codes
+
+
+
+def _codeword_sweep(sweep: dict[str, Any], alpha: float) -> tuple[int, Any, list[dict[str, Any]]]:
+    """(K, the config EncNet's runs were trained with, those runs) of one sweep file of the K sweep."""
+    from .config import TrainConfig
+    from .sweep import _sweep_config
+
+    runs = runs_of(sweep, "encnet", alpha)
+    if not runs:
+        raise UserError(f"a sweep file holds no EncNet run at alpha {alpha:g}; pass the files of the K sweep")
+    config = _sweep_config(TrainConfig.from_dict(sweep["config"]), "encnet", alpha, runs[0]["seed"])
+    return num_codes(config), config, runs
+
+
+def codeword_runs(sweeps: list[dict[str, Any]], *, alpha: float = 0.2) -> dict[int, tuple[Any, list[dict[str, Any]]]]:
+    """The K sweep: ``{K: (config, EncNet's runs at SE-loss weight alpha)}`` over sweep files of EncNets of
+    several K, sorted by K.
+
+    Each sweep's K is read from the config it trained (:func:`num_codes`); a K found in two files is
+    refused, as is a file without EncNet runs at ``alpha``.
+    """
+    by_k = {}
+    for sweep in sweeps:
+        k, config, runs = _codeword_sweep(sweep, alpha)
+        if k in by_k:
+            raise UserError(f"two sweep files hold EncNets of K = {k} codewords; pass each K's file once")
+        by_k[k] = (config, runs)
+    return dict(sorted(by_k.items()))
+
+
+def codewords_table(sweeps: list[dict[str, Any]], ambiguous: tuple[int, ...], num_classes: int,
+                    *, alpha: float = 0.2) -> str:
+    """The K sweep's table: per K, mIoU, pixAcc and ambiguous-class IoU (mean ± std over seeds), the
+    model's parameters (:func:`cost`) and each seed's mIoU."""
+    lines = [f"{'K':>3} {'mIoU %':>23} {'pixAcc %':>23} {'ambiguous IoU %':>23} {'params':>6}  mIoU per seed"]
+    for k, (config, runs) in codeword_runs(sweeps, alpha=alpha).items():
+        seeds = " ".join(f"{run['seed']}: {100 * run['mIoU']:.2f}" for run in runs)
+        lines.append(f"{k:>3} {mean_std([100 * run['mIoU'] for run in runs]):>23} "
+                     f"{mean_std([100 * run['pixAcc'] for run in runs]):>23} "
+                     f"{mean_std([ambiguous_iou(run, ambiguous) for run in runs]):>23} "
+                     f"{cost(config, num_classes)['parameters'] / 1e6:5.3f}M  {seeds}")
+    return "\n".join(lines)

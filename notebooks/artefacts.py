@@ -21,6 +21,9 @@ The artefacts, under ``notebooks/`` (or ``DIR``):
   run): their records are written into the sweep file and not trained twice.
 - ``results/se_loss_long.json`` (notebook 03): the ablation's three models
   trained for twice the epochs.
+- ``results/num_codes_{K}.json`` (notebook 02): the K sweep, EncNet + SE-loss
+  with K codewords for every seed, one file per K of :data:`CODEWORDS` (K = 32
+  is in the first sweep).
 
 How each was made is the table :data:`RECIPE` below, and only there: a preset of
 ``encnet.config`` and its overrides, and the sweep's stages (each a call of
@@ -71,6 +74,13 @@ RECIPE: dict[str, Any] = {
     },
 }
 SWEEPS = {"sweep": "se_loss_sweep.json", "long": "se_loss_long.json"}  # results/{file}
+# The K sweep (notebook 02): EncNet + SE-loss with K codewords, a file per K; K = 32, the paper's, is the
+# sweep's own EncNet + SE-loss runs.
+CODEWORDS = [4, 8, 16, 64]
+for _k in CODEWORDS:
+    RECIPE[f"num_codes_{_k}"] = {"preset": "synthetic", "overrides": {"model_options": {"num_codes": _k}},
+                                 "stages": [{"alphas": [0.2], "seeds": [0, 1, 2]}]}
+    SWEEPS[f"num_codes_{_k}"] = f"num_codes_{_k}.json"
 JOBS = 2  # runs trained side by side, one thread each (faster than one run on two threads on 2 cores)
 # The same under the quick switch (ENCNET_QUICK=1): tiny runs that check the recipe, not results.
 _TINY = {"epochs": 1, "dataset_options": {"image_size": 128, "train_samples": 8, "val_samples": 8}}
@@ -80,13 +90,16 @@ QUICK_RECIPE: dict[str, Any] = {
               "stages": [{"alphas": [0.2], "seeds": [0], "with_fcn": True, "models": {"pool": {}}}]},
     "long": {"preset": "synthetic-quick", "overrides": {**_TINY, "epochs": 2},
              "stages": [{"alphas": [0.2], "seeds": [0], "with_fcn": True}]},
+    **{f"num_codes_{k}": {"preset": "synthetic-quick", "overrides": {**_TINY, "model_options": {"num_codes": k}},
+                          "stages": [{"alphas": [0.2], "seeds": [0]}]} for k in CODEWORDS},
 }
 
 
 def recipe(quick_run: bool | None = None) -> dict[str, Any]:
     """:data:`RECIPE` (or :data:`QUICK_RECIPE`, by default under the quick switch) with its configs built.
 
-    ``{"models": config, "sweep": config, "long": config, "sweep_stages": [...], "long_stages": [...]}``.
+    ``{"models": config, "sweep": config, "long": config, ..., "sweep_stages": [...], "long_stages": [...], ...}``
+    (a config and its stages for every entry of :data:`SWEEPS`).
     """
     table = QUICK_RECIPE if (quick() if quick_run is None else quick_run) else RECIPE
     built = {name: dataclasses.replace(preset(entry["preset"]), **entry["overrides"]) for name, entry in table.items()}

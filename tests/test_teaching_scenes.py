@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from encnet.data import SyntheticScenes
+from encnet.inference import Protocol, predict
 from encnet.models import load_trained
 from encnet.teaching.scenes import ambiguous_accuracy, draw_scene, scene_picker
+from encnet.viz import present_classes
 
 matplotlib.use("Agg")
 MODELS = Path(__file__).resolve().parents[1] / "notebooks" / "models"
@@ -34,6 +36,11 @@ def test_draw_scene_scores_each_model_on_the_shipped_checkpoints(shipped):
     dataset = SyntheticScenes("val", num_samples=200)
     fig, accuracy = draw_scene(shipped, dataset, scene=2, layout=7)
     assert len(fig.axes) == 4 and set(accuracy) == {"FCN", "EncNet"}
+    image, mask = dataset.render(7, scene=2)
+    shown = [mask, *(predict(model, image[None], Protocol(crop_size=128)).argmax(1) for model in shipped.values())]
+    (legend,) = fig.legends  # the classes of the ground truth and of both models' labels, no others
+    assert [text.get_text() for text in legend.get_texts()] == [dataset.classes[c] for c in present_classes(*shown)]
+    assert {"oven", "plate", "boat", "buoy"} <= {text.get_text() for text in legend.get_texts()}  # truth and FCN's
     assert all(0 <= a <= 1 for a in accuracy.values())
     assert accuracy["EncNet"] > accuracy["FCN"]  # the kitchen objects: the FCN calls them cars and boats
     with pytest.raises(ValueError, match="layout must be in"):

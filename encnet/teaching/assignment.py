@@ -12,13 +12,20 @@ by how far that largest assignment stands above an even share:
 
 An even assignment (:math:`a_{ik} = 1/K` for all ``k``, the limit :math:`s \to 0`)
 is grey, a hard one (the limit :math:`s \to \infty`) is the codeword's full colour;
-:func:`draw_key` draws the scale. Blending the codewords' colours by
+:func:`draw_key` draws the scale beside every figure. Blending the codewords' colours by
 :math:`a_{i\cdot}` instead would turn every evenly shared point into the mean of
 the palette (a brown), which reads as "all assigned to one codeword".
 
 * :func:`assignment_colours`: the colours and :math:`c_i` of a ``(K, N)`` assignment matrix;
-* :func:`draw_assignment`: the points, the codewords and the aggregated residuals on one axes;
-* :func:`draw_key`: the colour scale (one column per codeword, :math:`\max_k a_{ik}` upwards);
+* :func:`draw_assignment`: the points, the codewords and the aggregated residuals on one axes,
+  with coordinates (ticks at :data:`TICKS` and a light grid, in the descriptors' units);
+* :func:`draw_key`: the colour key, one thick bar per codeword, from grey at the even share
+  :math:`\max_k a_{ik} = 1/K` on the left to the codeword's full colour at 1 (hard) on the right;
+* :func:`assignment_figure`: panels for :func:`draw_assignment`, the key in a column on their right::
+
+      fig, (ax,) = assignment_figure(len(codewords))
+      draw_assignment(ax, points, codewords, smoothing)
+
 * :func:`smoothing_view`: the figure the slider shows: the assignments at one smoothing,
   the key, and the mean entropy of the assignments against the smoothing;
 * :func:`smoothing_slider`: the controls (``ipywidgets``) that redraw :func:`smoothing_view`::
@@ -52,6 +59,7 @@ CODEWORD_COLOURS = np.delete(plt.get_cmap("tab10")(np.arange(10))[:, :3], 7, axi
 EVEN = np.full(3, 0.8)  # the colour of an even assignment, a_ik = 1/K
 SMOOTHING_RANGE = (1e-2, 1e2)  # the slider's range of s, and the entropy curve's
 RATIO_RANGE = (0.1, 10.0)  # the slider's range of s_k / s for the codeword it singles out
+TICKS = (-4, -2, 0, 2, 4)  # the plane's coordinates, in the descriptors' units
 
 
 def _check(points: Tensor, codewords: Tensor) -> None:
@@ -90,6 +98,8 @@ def draw_assignment(ax: Axes, points: Tensor, codewords: Tensor, smoothing: Tens
     aggregated residual is drawn as the arrow from :math:`d_k` to
     :math:`d_k + e_k / m_k = \bar x_k`, the assignment-weighted mean of the points
     (:math:`m_k = \sum_i a_{ik}`; a codeword with almost no mass gets no arrow).
+    The plane spans -4.2 to 4.2 on both axes at equal scale, with ticks at
+    :data:`TICKS` and a light grid.
     """
     _check(points, codewords)
     X = points.detach().T.unsqueeze(0).double()  # (1, 2, N)
@@ -107,31 +117,60 @@ def draw_assignment(ax: Axes, points: Tensor, codewords: Tensor, smoothing: Tens
     ax.set_aspect("equal")
     ax.set_xlim(-4.2, 4.2)
     ax.set_ylim(-4.2, 4.2)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xticks(TICKS)
+    ax.set_yticks(TICKS)
+    ax.grid(lw=0.5, alpha=0.4)
+    ax.set_axisbelow(True)
     ax.set_title(title)
     return A
 
 
 def draw_key(ax: Axes, num_codes: int) -> None:
-    r"""The colour scale of :func:`assignment_colours` for ``num_codes`` codewords, as a colorbar on ``ax``.
+    r"""The colour key of :func:`assignment_colours` for ``num_codes`` codewords, on ``ax``.
 
-    Column ``k`` is codeword ``k``'s colour; upwards, :math:`\max_k a_{ik}` from
-    the even share :math:`1/K` (grey) to 1 (a hard assignment).
+    Row ``k`` is a thick bar in the colour :func:`assignment_colours` gives a
+    point whose largest assignment goes to codeword ``k`` (the rest shared evenly
+    by the others), as :math:`\max_k a_{ik}` runs from the even share
+    :math:`1/K` (grey, left) to 1 (a hard assignment, full colour, right).
     """
-    if not 1 <= num_codes <= len(CODEWORD_COLOURS):
-        raise ValueError(f"num_codes must be 1 to {len(CODEWORD_COLOURS)}, got {num_codes}")
-    low = 1 / num_codes
-    certainty = np.linspace(0, 1, 64)[:, None, None]  # (levels, 1, 1)
-    image = (1 - certainty) * EVEN + certainty * CODEWORD_COLOURS[None, :num_codes]  # (levels, K, 3)
-    ax.imshow(image, origin="lower", aspect="auto", extent=(-0.5, num_codes - 0.5, low, 1))
-    ax.set_xticks([])
-    ax.set_xlabel("codeword")
-    ax.yaxis.tick_right()
-    ax.yaxis.set_label_position("right")
-    ticks = sorted({round(low, 2), 0.5, 1.0} if low < 0.45 else {round(low, 2), 1.0})
-    ax.set_yticks(ticks)
-    ax.set_ylabel(r"$\max_k\, a_{ik}$ (even: $1/K$)")
+    if not 2 <= num_codes <= len(CODEWORD_COLOURS):
+        raise ValueError(f"num_codes must be 2 to {len(CODEWORD_COLOURS)} for a key, got {num_codes} "
+                         "(with one codeword every point has its full colour)")
+    top = torch.linspace(1 / num_codes, 1, 64, dtype=torch.float64)  # max_k a_ik from even to hard, (64,)
+    for k in range(num_codes):
+        A = ((1 - top) / (num_codes - 1)).repeat(num_codes, 1)  # (K, 64)
+        A[k] = top
+        ax.imshow(assignment_colours(A)[0][None], extent=(1 / num_codes, 1, k - 0.35, k + 0.35), aspect="auto")
+    ax.set_xlim(1 / num_codes, 1)
+    ax.set_ylim(num_codes - 0.5, -0.5)
+    ax.set_yticks(range(num_codes))
+    ax.set_ylabel("codeword")
+    ax.set_xticks([1 / num_codes, 1], [f"{1 / num_codes:.2f}\neven", "1\nhard"])
+    ax.set_xlabel(r"$\max_k\, a_{ik}$")
+    ax.set_title("colour key")
+
+
+def _key_beside(fig: Figure, slot, num_codes: int, rows: int = 1) -> Axes:
+    # draw_key in the middle of `slot`, beside `rows` rows of panels: h / (2 rows + h) of its height,
+    # h = 2 up to six codewords and more beyond, so that the codewords' labels stay apart
+    height = max(2, num_codes / 3)
+    ax = fig.add_subplot(slot.subgridspec(3, 1, height_ratios=[rows, height, rows])[1])
+    draw_key(ax, num_codes)
+    return ax
+
+
+def assignment_figure(num_codes: int, rows: int = 1, cols: int = 1, *,
+                      figsize: tuple[float, float] = (6.8, 4.6)) -> tuple[Figure, list[Axes]]:
+    """A figure of ``rows`` x ``cols`` panels for :func:`draw_assignment`, and :func:`draw_key` on their right.
+
+    Returns the figure (not shown) and its panels, row by row; the key, for
+    ``num_codes`` codewords, is the figure's last axes.
+    """
+    fig = plt.figure(figsize=figsize, layout="constrained")
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.45])
+    panels = [fig.add_subplot(grid[r, c]) for r in range(rows) for c in range(cols)]
+    _key_beside(fig, grid[:, cols], num_codes, rows)
+    return fig, panels
 
 
 def mean_entropy(assignment: Tensor) -> float:
@@ -170,8 +209,8 @@ def smoothing_view(points: Tensor, codewords: Tensor, smoothing: float = 1.0, ra
                    codeword: int = 0) -> tuple[Figure, View]:
     r"""The slider's figure for ``points`` (N, 2), ``codewords`` (K, 2), :math:`s_k = s` except :math:`s_{k'} = r s`.
 
-    Left, the assignments and aggregated residuals (:func:`draw_assignment`) with
-    their key; right, the mean entropy of the assignments as ``s`` sweeps
+    Left, the assignments and aggregated residuals (:func:`draw_assignment`); in
+    the middle, their key (:func:`draw_key`); right, the mean entropy of the assignments as ``s`` sweeps
     :data:`SMOOTHING_RANGE` at the same ratio ``r``, the current ``s`` marked.
     ``codeword`` is :math:`k'`. Returns the figure (not shown) and its numbers.
     """
@@ -181,13 +220,13 @@ def smoothing_view(points: Tensor, codewords: Tensor, smoothing: float = 1.0, ra
         raise ValueError(f"codeword must be one of 0..{K - 1} (there are {K} codewords), got {codeword}")
     if smoothing <= 0 or ratio <= 0:
         raise ValueError(f"smoothing and ratio must be positive, got smoothing={smoothing}, ratio={ratio}")
-    fig = plt.figure(figsize=(10, 3.8))
-    grid = fig.add_gridspec(1, 3, width_ratios=[1, 0.14, 1.2], wspace=0.5)
-    ax_points, ax_key, ax_curve = (fig.add_subplot(grid[0, j]) for j in range(3))
+    fig = plt.figure(figsize=(10.5, 3.8))  # fixed margins, no layout engine: the slider redraws faster
+    grid = fig.add_gridspec(1, 3, width_ratios=[1, 0.45, 1.2], wspace=0.35, left=0.05, right=0.92, bottom=0.14)
+    ax_points, ax_curve = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 2])
+    _key_beside(fig, grid[0, 1], K)
     s = _smoothing(K, smoothing, ratio, codeword)
     title = f"$s = {smoothing:.3g}$" + (f", $s_{codeword} = {ratio * smoothing:.3g}$" if ratio != 1 else "")
     A = draw_assignment(ax_points, points, codewords, s, title=title)
-    draw_key(ax_key, K)
 
     X = points.detach().T.unsqueeze(0).double()
     D = codewords.detach().double()

@@ -7,7 +7,7 @@ probabilities :math:`\sigma(z_c)` and the per-pixel labels; :func:`draw` then
 only draws (no forward pass), and :func:`picker` wires it to a slider::
 
     gallery = precompute(model, SyntheticScenes("val", num_samples=200), count=48)
-    draw(gallery, 0)             # the static view: image, labels, gamma strip, SE bars
+    draw(gallery, 0)             # the static view: image, truth, labels, gamma strip, SE bars
     display(picker(gallery))     # the same figure, redrawn for the image the slider picks
 
 The :math:`\gamma` strip puts the image's factors above the mean :math:`\gamma`
@@ -94,13 +94,15 @@ def precompute(model: torch.nn.Module, dataset: SyntheticScenes, count: int, bat
 
 
 def draw(gallery: Gallery, position: int):
-    """Draw image ``position`` of ``gallery``: image, EncNet's labels, gamma strip, SE probabilities.
+    """Draw image ``position`` of ``gallery``: image, ground truth, EncNet's labels (with a legend of their
+    classes), gamma strip, SE probabilities.
 
     Returns ``(figure, numbers)``, ``numbers`` a dict with the image's ``"scene"``, its
     ``"gamma"`` (C,), its SE probabilities ``"se"`` (M,), the classes ``"present"`` and
     those the SE branch ``"predicted"`` (probability above 0.5).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     if not 0 <= position < len(gallery):
         raise UserError(f"position must be in [0, {len(gallery)}) (the gallery's images), got {position}")
@@ -109,16 +111,22 @@ def draw(gallery: Gallery, position: int):
     present = gallery.present[position].astype(bool)
     channels = gallery.shown_channels()
 
-    fig = plt.figure(figsize=(10, 3.8), layout="constrained")
-    grid = fig.add_gridspec(2, 3, width_ratios=(0.9, 2.4, 1.5))
-    ax_image, ax_labels = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0])
-    ax_gamma, ax_se = fig.add_subplot(grid[:, 1]), fig.add_subplot(grid[:, 2])
+    fig = plt.figure(figsize=(12, 4.6), layout="constrained")
+    grid = fig.add_gridspec(1, 5, width_ratios=(0.55, 0.55, 0.55, 2.4, 1.5))
+    ax_image, ax_truth, ax_labels = (fig.add_subplot(grid[0, i]) for i in range(3))
+    ax_gamma, ax_se = fig.add_subplot(grid[0, 3]), fig.add_subplot(grid[0, 4])
     ax_image.imshow(to_rgb(gallery.images[position]))
-    ax_image.set_title(f"image {position}: {data.scenes[scene]}")
+    ax_image.set_title(f"image {position}\n{data.scenes[scene]}")
+    ax_truth.imshow(colorize(gallery.masks[position], data.palette))
+    ax_truth.set_title("ground\ntruth")
     ax_labels.imshow(colorize(gallery.labels[position], data.palette))
-    ax_labels.set_title("EncNet's labels")
-    for ax in (ax_image, ax_labels):
+    ax_labels.set_title("EncNet's\nlabels")
+    for ax in (ax_image, ax_truth, ax_labels):
         ax.axis("off")
+    shown_classes = np.union1d(np.unique(gallery.masks[position].numpy()), np.unique(gallery.labels[position].numpy()))
+    fig.legend(handles=[Patch(facecolor=np.asarray(data.palette[c]) / 255, edgecolor="0.3", label=data.classes[c])
+                        for c in shown_classes], loc="outside lower left", ncol=min(len(shown_classes), 7),
+               title="classes in the ground truth or EncNet's labels", frameon=False)
 
     strip = np.vstack([gamma[channels][None], gallery.scene_means()[:, channels]])
     shown = ax_gamma.imshow(strip, cmap="viridis", vmin=0, vmax=1, aspect="auto")

@@ -2,10 +2,10 @@
 
 ``SyntheticScenes.render(layout, scene=s)`` draws the same boxes and discs, pixel for pixel, under
 the backdrop of scene ``s``; only the labels change with it. :func:`draw_scene` shows the image,
-its ground truth and each model's labels, and scores each model on the ambiguous pixels (the
-boxes and discs), the pixels only the scene can tell; :func:`scene_picker` wraps it in
-ipywidgets controls (a scene, a layout) that redraw it. One update is one forward pass per model
-of one small image.
+its ground truth and each model's labels with a legend of the classes they show, and scores each
+model on the ambiguous pixels (the boxes and discs), the pixels only the scene can tell;
+:func:`scene_picker` wraps it in ipywidgets controls (a scene, a layout) that redraw it. One
+update is one forward pass per model of one small image.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.synthetic import SyntheticScenes
 from ..inference import Protocol, predict
-from ..viz import colorize, to_rgb
+from ..viz import class_legend, colorize, to_rgb
 from .notebook import show
 
 
@@ -30,8 +30,10 @@ def ambiguous_accuracy(labels: torch.Tensor, mask: torch.Tensor, dataset: Synthe
 def draw_scene(models: dict[str, nn.Module], dataset: SyntheticScenes, scene: int, layout: int):
     """Image, ground truth and each model's labels of ``dataset.render(layout, scene=scene)``, in one row.
 
-    ``models`` maps a title to a model in eval mode. Returns the figure and, per title, the
-    share of the ambiguous pixels the model labels right (:func:`ambiguous_accuracy`).
+    ``models`` maps a title to a model in eval mode. Right of the row, a legend names the classes
+    of the ground truth and of the models' labels (:func:`encnet.viz.class_legend`). Returns the
+    figure and, per title, the share of the ambiguous pixels the model labels right
+    (:func:`ambiguous_accuracy`).
     """
     import matplotlib.pyplot as plt
 
@@ -41,7 +43,7 @@ def draw_scene(models: dict[str, nn.Module], dataset: SyntheticScenes, scene: in
     predictions = {name: predict(model, image[None], Protocol(crop_size=max(image.shape[-2:]))).argmax(1)[0]
                    for name, model in models.items()}
     accuracy = {name: ambiguous_accuracy(labels, mask, dataset) for name, labels in predictions.items()}
-    fig, axes = plt.subplots(1, 2 + len(models), figsize=(2.2 * (2 + len(models)), 2.6))
+    fig, axes = plt.subplots(1, 2 + len(models), figsize=(1.9 * (2 + len(models)) + 1.6, 2.9), layout="constrained")
     axes[0].imshow(to_rgb(image))
     axes[0].set_title(f"{dataset.scenes[scene]}, layout {layout}")
     axes[1].imshow(colorize(mask, dataset.palette))
@@ -51,7 +53,7 @@ def draw_scene(models: dict[str, nn.Module], dataset: SyntheticScenes, scene: in
         ax.set_title(f"{name}: {100 * accuracy[name]:.0f}% right")
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    class_legend(fig, [mask, *predictions.values()], dataset.palette, dataset.classes)
     return fig, accuracy
 
 
