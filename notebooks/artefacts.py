@@ -150,9 +150,10 @@ def build(out: Path, plan: dict[str, Any], start: float) -> None:
             print(f"  {path.relative_to(out)}  ({time.perf_counter() - start:.0f} s)")
         for name, file in SWEEPS.items():
             fresh, path = Path(folder) / file, out / "results" / file
-            reused = [run for run in shipped if dataclasses.replace(plan["models"], model=run["model"],
-                                                                   se_weight=run["se_weight"]).to_dict()
-                      == dataclasses.replace(plan[name], model=run["model"], se_weight=run["se_weight"]).to_dict()]
+            # The shipped models' runs belong to a sweep whose config differs from theirs in model and alpha only.
+            models = plan["models"]
+            same = dataclasses.replace(plan[name], model=models.model, se_weight=models.se_weight) == models
+            reused = shipped if same else []
             sweep_stages(plan[name], plan[f"{name}_stages"], fresh, reused)
             shutil.move(fresh, path)
             print(f"  {path.relative_to(out)}  ({time.perf_counter() - start:.0f} s)")
