@@ -34,7 +34,11 @@ def test_draw_returns_the_numbers_of_the_picked_image(gallery):
     assert np.array_equal(numbers["gamma"], gallery.gamma[3]) and np.array_equal(numbers["se"], gallery.se[3])
     assert numbers["scene"] == gallery.dataset.scenes[gallery.scenes[3]]
     assert numbers["present"] == [gallery.dataset.classes[c] for c in np.flatnonzero(gallery.present[3])]
-    assert len(fig.axes) == 5  # image, labels, gamma strip, SE bars, colorbar
+    assert len(fig.axes) == 6  # image, ground truth, labels, gamma strip, SE bars, colorbar
+    assert [ax.get_title() for ax in fig.axes[:3]] == [f"image 3\n{numbers['scene']}", "ground\ntruth",
+                                                       "EncNet's\nlabels"]
+    shown = {gallery.dataset.classes[c] for c in np.union1d(gallery.masks[3].unique(), gallery.labels[3].unique())}
+    assert {text.get_text() for text in fig.legends[0].get_texts()} == shown
     plt.close("all")
 
 
