@@ -26,7 +26,7 @@ from torch import Tensor
 from ..data import SyntheticScenes
 from ..errors import UserError
 from ..losses import se_target
-from ..viz import colorize, to_rgb
+from ..viz import class_legend, colorize, to_rgb
 from .notebook import show
 
 SHOWN_CHANNELS = 24
@@ -102,7 +102,6 @@ def draw(gallery: Gallery, position: int):
     those the SE branch ``"predicted"`` (probability above 0.5).
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     if not 0 <= position < len(gallery):
         raise UserError(f"position must be in [0, {len(gallery)}) (the gallery's images), got {position}")
@@ -123,10 +122,7 @@ def draw(gallery: Gallery, position: int):
     ax_labels.set_title("EncNet's\nlabels")
     for ax in (ax_image, ax_truth, ax_labels):
         ax.axis("off")
-    shown_classes = np.union1d(np.unique(gallery.masks[position].numpy()), np.unique(gallery.labels[position].numpy()))
-    fig.legend(handles=[Patch(facecolor=np.asarray(data.palette[c]) / 255, edgecolor="0.3", label=data.classes[c])
-                        for c in shown_classes], loc="outside lower left", ncol=min(len(shown_classes), 7),
-               title="classes in the ground truth or EncNet's labels", frameon=False)
+    class_legend(fig, [gallery.masks[position], gallery.labels[position]], data.palette, data.classes)
 
     strip = np.vstack([gamma[channels][None], gallery.scene_means()[:, channels]])
     shown = ax_gamma.imshow(strip, cmap="viridis", vmin=0, vmax=1, aspect="auto")
